@@ -1,0 +1,179 @@
+// Chain verification on the CPU: at::parallel_for over requests. Per request only the scalars
+// p_i(x_i), q_i(x_i) of the drafted tokens are read until the first rejection; then exactly one row
+// (the residual max(0, p - q) of the rejected position, or the bonus row of p) is read in full.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+
+#include "../common/checks.h"
+#include "../common/philox.h"
+#include "../common/sampling_math.h"
+
+namespace specdec {
+namespace {
+
+// Exponential race over one row. mode: 0 = r = p, 1 = r = max(0, p - q), 2 = r = p with `skip`
+// removed. Returns -1 when every r is zero.
+template <typename T>
+int64_t race_row(const T* p, const T* q, int64_t skip, int64_t V, int mode, const DrawKey& key) {
+  float best = 0.f;
+  int64_t best_idx = -1;
+  for (int64_t base = 0; base < V; base += 4) {
+    const int64_t n = std::min<int64_t>(4, V - base);
+    float r[4] = {0.f, 0.f, 0.f, 0.f};
+    bool any = false;
+    for (int64_t j = 0; j < n; ++j) {
+      float v = static_cast<float>(p[base + j]);
+      if (mode == 1) v = std::max(0.f, v - static_cast<float>(q[base + j]));
+      if (mode == 2 && base + j == skip) v = 0.f;
+      r[j] = v;
+      any |= v > 0.f;
+    }
+    if (!any) continue;  // a Philox block costs ~40 multiplies: skip blocks that cannot win
+    const Philox4 w = draw_block(key, static_cast<uint32_t>(base >> 2));
+    for (int64_t j = 0; j < n; ++j) {
+      const float k = race_key(r[j], word_to_uniform(pick_word(w, static_cast<uint32_t>(j))));
+      if (k > best) {  // ascending scan: ties keep the smaller index
+        best = k;
+        best_idx = base + j;
+      }
+    }
+  }
+  return best_idx;
+}
+
+std::tuple<at::Tensor, at::Tensor> verify_chain_cpu(const at::Tensor& draft_tokens,
+                                                    const at::Tensor& target_probs_in,
+                                                    const std::optional<at::Tensor>& draft_probs_in,
+                                                    const std::optional<at::Tensor>& num_draft,
+                                                    const at::Tensor& seed, const at::Tensor& offset,
+                                                    bool row_streams) {
+  const ChainDims d = check_chain_args(draft_tokens, target_probs_in, draft_probs_in, num_draft,
+                                       "target_probs");
+  check_row_param(seed, d.B, at::kLong, "seed", target_probs_in);
+  check_row_param(offset, d.B, at::kLong, "offset", target_probs_in);
+  const at::Tensor target_probs = unit_last_stride(target_probs_in);
+  std::optional<at::Tensor> draft_probs;
+  if (draft_probs_in.has_value()) {
+    draft_probs = unit_last_stride(*draft_probs_in);
+    TORCH_CHECK(draft_probs->scalar_type() == target_probs.scalar_type(),
+                "draft_probs must have the dtype of target_probs (", target_probs.scalar_type(),
+                "), got ", draft_probs->scalar_type());
+  }
+  const int64_t B = d.B, K = d.K, V = d.V;
+  at::Tensor tokens = at::full({B, K + 1}, -1, draft_tokens.options());
+  at::Tensor num_accepted = at::empty({B}, draft_tokens.options());
+  if (B == 0) return {tokens, num_accepted};
+
+  const auto dt = draft_tokens.accessor<int64_t, 2>();
+  const int64_t* nd = num_draft.has_value() ? num_draft->data_ptr<int64_t>() : nullptr;
+  const int64_t nd_stride = num_draft.has_value() ? num_draft->stride(0) : 0;
+  const int64_t* seeds = seed.data_ptr<int64_t>();
+  const int64_t* offs = offset.data_ptr<int64_t>();
+  auto out = tokens.accessor<int64_t, 2>();
+  int64_t* nacc = num_accepted.data_ptr<int64_t>();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, target_probs.scalar_type(),
+                                  "verify_chain_cpu", [&] {
+    const scalar_t* P = target_probs.data_ptr<scalar_t>();
+    const scalar_t* Q = draft_probs.has_value() ? draft_probs->data_ptr<scalar_t>() : nullptr;
+    const int64_t pB = target_probs.stride(0), pK = target_probs.stride(1);
+    const int64_t qB = Q ? draft_probs->stride(0) : 0, qK = Q ? draft_probs->stride(1) : 0;
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t n = nd ? std::clamp<int64_t>(nd[b * nd_stride], 0, K) : K;
+        const int64_t stream = row_streams ? b : 0;
+        const DrawKey accept_key = make_draw_key(seeds[b * seed.stride(0)],
+                                                 offs[b * offset.stride(0)], 0, stream);
+        int64_t a = 0;
+        for (; a < n; ++a) {
+          const int64_t x = dt[b][a];
+          if (x < 0 || x >= V) break;  // unchecked out-of-range draft: reject, never read it
+          const float p = static_cast<float>(P[b * pB + a * pK + x]);
+          const float q = Q ? static_cast<float>(Q[b * qB + a * qK + x]) : 1.f;
+          if (!accept_draft(draw_uniform(accept_key, static_cast<uint32_t>(a)), p, q)) break;
+          out[b][a] = x;
+        }
+        const DrawKey sample_key = make_draw_key(seeds[b * seed.stride(0)],
+                                                 offs[b * offset.stride(0)], 1, stream);
+        const scalar_t* prow = P + b * pB + a * pK;
+        int64_t y;
+        if (a == n) {
+          y = race_row<scalar_t>(prow, nullptr, -1, V, 0, sample_key);
+        } else {
+          if (Q) {
+            y = race_row<scalar_t>(prow, Q + b * qB + a * qK, -1, V, 1, sample_key);
+          } else {
+            y = race_row<scalar_t>(prow, nullptr, dt[b][a], V, 2, sample_key);
+          }
+          // Residual of zero mass (p == q on the support, or p one-hot at the rejected draft):
+          // a measure-zero event for valid inputs; fall back to p itself.
+          if (y < 0) y = race_row<scalar_t>(prow, nullptr, -1, V, 0, sample_key);
+        }
+        out[b][a] = y < 0 ? 0 : y;
+        nacc[b] = a;
+      }
+    });
+  });
+  return {tokens, num_accepted};
+}
+
+std::tuple<at::Tensor, at::Tensor> verify_chain_greedy_cpu(
+    const at::Tensor& draft_tokens, const at::Tensor& target_logits_in,
+    const std::optional<at::Tensor>& num_draft) {
+  const ChainDims d = check_chain_args(draft_tokens, target_logits_in, std::nullopt, num_draft,
+                                       "target_logits");
+  const at::Tensor logits = unit_last_stride(target_logits_in);
+  const int64_t B = d.B, K = d.K, V = d.V;
+  at::Tensor tokens = at::full({B, K + 1}, -1, draft_tokens.options());
+  at::Tensor num_accepted = at::empty({B}, draft_tokens.options());
+  if (B == 0) return {tokens, num_accepted};
+  const auto dt = draft_tokens.accessor<int64_t, 2>();
+  const int64_t* nd = num_draft.has_value() ? num_draft->data_ptr<int64_t>() : nullptr;
+  const int64_t nd_stride = num_draft.has_value() ? num_draft->stride(0) : 0;
+  auto out = tokens.accessor<int64_t, 2>();
+  int64_t* nacc = num_accepted.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(),
+                                  "verify_chain_greedy_cpu", [&] {
+    const scalar_t* L = logits.data_ptr<scalar_t>();
+    const int64_t sB = logits.stride(0), sK = logits.stride(1);
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t n = nd ? std::clamp<int64_t>(nd[b * nd_stride], 0, K) : K;
+        int64_t a = 0;
+        for (;; ++a) {
+          // Argmax with ties to the smallest index; NaN never wins (rejected upstream by check=True).
+          const scalar_t* row = L + b * sB + a * sK;
+          float best = -std::numeric_limits<float>::infinity();
+          int64_t arg = 0;
+          for (int64_t v = 0; v < V; ++v) {
+            const float x = static_cast<float>(row[v]);
+            if (x > best) {
+              best = x;
+              arg = v;
+            }
+          }
+          if (a == n || dt[b][a] != arg) {
+            out[b][a] = arg;
+            break;
+          }
+          out[b][a] = arg;
+        }
+        nacc[b] = a;
+      }
+    });
+  });
+  return {tokens, num_accepted};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(specdec, CPU, m) {
+  m.impl("verify_chain", &verify_chain_cpu);
+  m.impl("verify_chain_greedy", &verify_chain_greedy_cpu);
+}
+
+}  // namespace specdec

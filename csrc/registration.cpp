@@ -1,0 +1,23 @@
+// The one place where the specdec op schemas are declared. CPU kernels register their
+// implementations in csrc/cpu/*.cpp, CUDA kernels in csrc/cuda/*.cu; fake (meta) implementations
+// for torch.compile live in specdec_kernels/_meta.py.
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(specdec, m) {
+  // Chain speculative sampling (ALGORITHMS.md §1). seed/offset: int64 [B]; row_streams: when true
+  // row b uses Philox stream b (one int seed for the batch), else stream 0 (a seed per request).
+  m.def(
+      "verify_chain(Tensor draft_tokens, Tensor target_probs, Tensor? draft_probs, "
+      "Tensor? num_draft, Tensor seed, Tensor offset, bool row_streams) -> (Tensor, Tensor)");
+  m.def(
+      "verify_chain_greedy(Tensor draft_tokens, Tensor target_logits, Tensor? num_draft) "
+      "-> (Tensor, Tensor)");
+  // Temperature, top-k, top-p (in that order) per row; temperature/top_p float32 [R], top_k int64 [R].
+  m.def("sampling_probs(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p) -> Tensor");
+}
+
+// A bare module so that `import specdec_kernels._C` loads the library and runs the registrations
+// above; no pybind11 (it doubles the compile time and nothing here needs it).
+static struct PyModuleDef specdec_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&specdec_module); }

@@ -1,0 +1,39 @@
+"""specdec_kernels: exact speculative-decoding kernels for chains and trees.
+
+Public ops (see each docstring for shapes and dtypes):
+    verify_chain, verify_chain_greedy   chain verification (ALGORITHMS.md §1)
+    sampling_probs                      temperature / top-k / top-p -> probabilities
+Every op has a plain-PyTorch reference under ``specdec_kernels.reference`` with the same signature.
+Backends: reference, cpu (C++), triton, cuda (C++); see ``specdec_kernels.backends()``.
+"""
+
+from __future__ import annotations
+
+from . import _backend
+from ._backend import use_backend
+from .ops._common import ChainResult
+from .ops.chain import VERIFY_CHAIN_OFFSET_STRIDE, verify_chain, verify_chain_greedy
+from .ops.sampling import sampling_probs
+
+__version__ = "0.1.0"
+
+if _backend.cpp_status()[0]:
+    from . import _meta
+
+    _meta.register()
+
+
+def backends(device: str = "cpu") -> list[str]:
+    """Backends that can run ops on tensors of ``device`` here."""
+    return _backend.available(device)
+
+
+__all__ = [
+    "ChainResult",
+    "VERIFY_CHAIN_OFFSET_STRIDE",
+    "backends",
+    "sampling_probs",
+    "use_backend",
+    "verify_chain",
+    "verify_chain_greedy",
+]

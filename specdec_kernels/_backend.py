@@ -1,0 +1,132 @@
+"""Which backends exist here, and which one runs an op.
+
+Backends: ``reference`` (plain PyTorch, everywhere), ``cpu`` (C++ in ``_C``, CPU tensors),
+``triton`` (CUDA tensors; CPU tensors too under ``TRITON_INTERPRET=1``), ``cuda`` (C++/CUDA in
+``_C``, CUDA tensors). ``SPECDEC_BACKEND`` or :func:`use_backend` forces one; otherwise CPU tensors
+go to ``cpu`` and CUDA tensors to the backend measured fastest for that op (``CUDA_DEFAULTS``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import os
+import warnings
+
+import torch
+
+BACKENDS = ("reference", "cpu", "triton", "cuda")
+
+# Fastest measured backend per op on CUDA tensors; see benchmarks/results/ and README "Backends".
+# An op missing here defaults to "cuda" when compiled, else "triton".
+CUDA_DEFAULTS: dict[str, str] = {}
+
+_override: str | None = None
+
+
+@functools.lru_cache(maxsize=None)
+def cpp_status() -> tuple[bool, bool, str]:
+    """(compiled extension loaded, built with CUDA kernels, message)."""
+    try:
+        from . import _C  # noqa: F401
+    except ImportError as e:  # not built (e.g. running from a source tree without `pip install`)
+        return False, False, f"specdec_kernels._C is not built: {e}"
+    try:
+        from . import _build_info as info
+    except ImportError:
+        return True, False, "specdec_kernels._C loaded (no build info)"
+    msg = f"built against torch {info.TORCH_VERSION}"
+    if info.TORCH_VERSION.split("+")[0] != torch.__version__.split("+")[0]:
+        warnings.warn(
+            f"specdec_kernels._C was built against torch {info.TORCH_VERSION} but torch "
+            f"{torch.__version__} is loaded; rebuild (pip install --no-build-isolation .) if ops fail",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        msg += f" (loaded: {torch.__version__})"
+    return True, bool(info.WITH_CUDA), msg
+
+
+@functools.lru_cache(maxsize=None)
+def triton_importable() -> bool:
+    if importlib.util.find_spec("triton") is None:
+        return False
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # a broken triton install must not break the library
+        return False
+    return True
+
+
+def triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def available(device: torch.device | str) -> list[str]:
+    """Backends that can run ops on tensors of ``device``."""
+    device = torch.device(device)
+    have_cpp, have_cuda_kernels, _ = cpp_status()
+    out = ["reference"]
+    if device.type == "cpu":
+        if have_cpp:
+            out.append("cpu")
+        if triton_importable() and triton_interpret():
+            out.append("triton")
+    elif device.type == "cuda":
+        if triton_importable() and not triton_interpret():
+            out.append("triton")
+        if have_cpp and have_cuda_kernels:
+            out.append("cuda")
+    return out
+
+
+def forced() -> str | None:
+    """The backend forced by use_backend() or SPECDEC_BACKEND, if any."""
+    if _override is not None:
+        return _override
+    env = os.environ.get("SPECDEC_BACKEND", "").strip().lower()
+    if not env:
+        return None
+    if env not in BACKENDS:
+        raise ValueError(f"SPECDEC_BACKEND must be one of {', '.join(BACKENDS)}, got {env!r}")
+    return env
+
+
+def select(op: str, device: torch.device) -> str:
+    """The backend that runs ``op`` on tensors of ``device``."""
+    avail = available(device)
+    want = forced()
+    if want is not None:
+        if want not in avail:
+            hint = ""
+            if want == "triton" and device.type == "cpu":
+                hint = " (Triton runs on CPU tensors only with TRITON_INTERPRET=1 set before import)"
+            elif want in ("cpu", "cuda") and not cpp_status()[0]:
+                hint = f" ({cpp_status()[2]})"
+            raise ValueError(
+                f"backend {want!r} cannot run {op} on {device.type} tensors here{hint}; "
+                f"available: {', '.join(avail)}"
+            )
+        return want
+    if device.type == "cpu":
+        return "cpu" if "cpu" in avail else "reference"
+    pref = CUDA_DEFAULTS.get(op)
+    for b in ([pref] if pref else []) + ["cuda", "triton", "reference"]:
+        if b in avail:
+            return b
+    return "reference"
+
+
+@contextlib.contextmanager
+def use_backend(name: str | None):
+    """Force a backend inside a ``with`` block (``None`` restores automatic selection)."""
+    global _override
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    old, _override = _override, name
+    try:
+        yield
+    finally:
+        _override = old

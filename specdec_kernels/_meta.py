@@ -1,0 +1,21 @@
+"""Fake (meta) implementations of the compiled ops, so torch.compile and CUDA graphs see opaque
+ops with known output shapes. Imported once the compiled library has registered the schemas."""
+
+from __future__ import annotations
+
+import torch
+
+
+def _chain_fake(draft_tokens, target, *_args, **_kwargs):
+    B, K = draft_tokens.shape
+    return draft_tokens.new_empty((B, K + 1)), draft_tokens.new_empty((B,))
+
+
+def register() -> None:
+    torch.library.register_fake("specdec::verify_chain")(
+        lambda draft_tokens, target_probs, draft_probs, num_draft, seed, offset, row_streams:
+        _chain_fake(draft_tokens, target_probs))
+    torch.library.register_fake("specdec::verify_chain_greedy")(
+        lambda draft_tokens, target_logits, num_draft: _chain_fake(draft_tokens, target_logits))
+    torch.library.register_fake("specdec::sampling_probs")(
+        lambda logits, temperature, top_k, top_p: logits.new_empty(logits.shape, dtype=torch.float32))

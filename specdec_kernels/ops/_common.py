@@ -1,0 +1,112 @@
+"""Shared pieces of the public ops: result types, argument checks, seed/offset handling."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+SeedLike = int | torch.Tensor | None
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_MAX_SEED = 2**63
+
+
+class ChainResult(NamedTuple):
+    """Result of chain verification.
+
+    Fields:
+        tokens: int64 [B, K+1]. ``tokens[b, :n]`` are the accepted drafts, ``tokens[b, n]`` the
+            correction (or the bonus token when every draft was accepted), the rest -1.
+        num_accepted: int64 [B], ``n`` above: how many drafts were accepted. Each row emits
+            ``num_accepted + 1`` tokens.
+    """
+
+    tokens: torch.Tensor
+    num_accepted: torch.Tensor
+
+
+def require_tensor(t, name: str) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    return t
+
+
+def require_float(t: torch.Tensor, name: str) -> None:
+    if t.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+
+
+def require_device(t: torch.Tensor, ref: torch.Tensor, name: str, ref_name: str) -> None:
+    if t.device != ref.device:
+        raise ValueError(f"{name} must be on the device of {ref_name} ({ref.device}), got {t.device}")
+
+
+def row_counts(num_draft, B: int, K: int, ref: torch.Tensor, name: str = "num_draft"):
+    """Validate the shape/dtype of a ragged-length tensor and return it as int64 (or None)."""
+    if num_draft is None:
+        return None
+    require_tensor(num_draft, name)
+    if num_draft.dim() != 1 or num_draft.shape[0] != B:
+        raise ValueError(f"{name} must have shape [B] = [{B}], got {list(num_draft.shape)}")
+    if num_draft.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"{name} must be int32 or int64, got {num_draft.dtype}")
+    require_device(num_draft, ref, name, "the probabilities")
+    return num_draft.to(torch.long)
+
+
+def _int_in_range(v: int, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"{name} must be an int or an int64 tensor, got {type(v).__name__}")
+    if not 0 <= v < _MAX_SEED:
+        raise ValueError(f"{name} must be in [0, 2**63), got {v}")
+    return v
+
+
+def _per_row(v, B: int, device: torch.device, name: str) -> torch.Tensor:
+    if isinstance(v, torch.Tensor):
+        if v.dtype != torch.int64:
+            raise ValueError(f"{name} tensor must be int64, got {v.dtype}")
+        if v.device != device:
+            raise ValueError(f"{name} tensor must be on {device}, got {v.device}")
+        if v.dim() == 0:
+            return v.expand(B)
+        if v.dim() != 1 or v.shape[0] != B:
+            raise ValueError(f"{name} tensor must have shape [] or [B] = [{B}], got {list(v.shape)}")
+        return v
+    return torch.full((B,), _int_in_range(v, name), dtype=torch.int64, device=device)
+
+
+def rng_rows(seed: SeedLike, offset, B: int, device: torch.device,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(seed [B], offset [B], row_streams) as the C++ ops take them.
+
+    An int seed (or None, which draws one from ``generator`` / torch's default generator) gives
+    row b its own Philox stream b; a seed tensor gives each row the stream of its own seed, so a
+    request's draws do not depend on its position in the batch.
+    """
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator,
+                                 device=generator.device if generator is not None else "cpu"))
+    elif generator is not None:
+        raise ValueError("pass either seed or generator, not both")
+    row_streams = not isinstance(seed, torch.Tensor)
+    return _per_row(seed, B, device, "seed"), _per_row(offset, B, device, "offset"), row_streams
+
+
+def chain_rng_rows(seed: SeedLike, offset, B: int, device: torch.device,
+                   generator: torch.Generator | None = None):
+    """Like :func:`rng_rows` but returns the per-row Philox stream ids instead of the flag."""
+    seeds, offsets, row_streams = rng_rows(seed, offset, B, device, generator)
+    streams = torch.arange(B, device=device) if row_streams else torch.zeros(B, dtype=torch.long,
+                                                                              device=device)
+    return seeds, offsets, streams
+
+
+def raise_first(flags: torch.Tensor, messages: list[str]) -> None:
+    """One device sync for several value checks: raise ValueError for the first flag set."""
+    if flags.numel() == 0:
+        return
+    host = flags.cpu().tolist()
+    for bad, msg in zip(host, messages, strict=True):
+        if bad:
+            raise ValueError(msg)

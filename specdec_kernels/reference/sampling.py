@@ -1,0 +1,55 @@
+"""Plain-PyTorch ground truth for sampling_probs: temperature, top-k, top-p, in that order."""
+
+from __future__ import annotations
+
+import torch
+
+
+def filter_row(x: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Probabilities of one row of temperature-scaled logits ``x`` after top-k then top-p.
+
+    top-k keeps the tokens whose scaled logit is >= the k-th largest (ties at the threshold are
+    kept). top-p keeps the tokens whose preceding mass, the sum of the strictly larger
+    probabilities, is < top_p; equal probabilities are never split, so ties are kept together
+    and the result does not depend on token order.
+    """
+    V = x.shape[0]
+    probs = torch.softmax(x, dim=0)
+    if 0 < top_k < V:
+        kth = torch.topk(x, top_k).values[-1]
+        probs = torch.where(x >= kth, probs, torch.zeros_like(probs))
+        probs = probs / probs.sum()
+    if top_p < 1.0:
+        srt = torch.sort(probs, descending=True).values.double()
+        preceding = torch.cumsum(srt, 0) - srt
+        # first position of each run of equal values carries the run's preceding mass
+        first = torch.ones_like(srt, dtype=torch.bool)
+        first[1:] = srt[1:] != srt[:-1]
+        run_mass = torch.where(first, preceding, torch.full_like(preceding, float("-inf")))
+        run_mass = torch.cummax(run_mass, 0).values  # forward-fill: preceding is non-decreasing
+        kept = int((run_mass < top_p).sum())
+        tau = srt[max(kept, 1) - 1].float()
+        probs = torch.where(probs >= tau, probs, torch.zeros_like(probs))
+        probs = probs / probs.sum()
+    return probs
+
+
+def sampling_probs(
+    logits: torch.Tensor,
+    *,
+    temperature: float | torch.Tensor = 1.0,
+    top_k: int | torch.Tensor = 0,
+    top_p: float | torch.Tensor = 1.0,
+    check: bool = True,
+) -> torch.Tensor:
+    """Reference of :func:`specdec_kernels.sampling_probs` (same arguments, same result)."""
+    from ..ops.sampling import _prepare
+
+    flat, temp, k, p, shape = _prepare(logits, temperature, top_k, top_p, check)
+    out = torch.empty(flat.shape, dtype=torch.float32)
+    x_all = flat.detach().cpu().float()
+    temp, k, p = temp.cpu(), k.cpu(), p.cpu()
+    for r in range(flat.shape[0]):
+        x = x_all[r] / temp[r]  # float32 division, as the kernels do
+        out[r] = filter_row(x, int(k[r]), float(p[r]))
+    return out.reshape(shape).to(logits.device)
