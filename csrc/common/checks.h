@@ -6,6 +6,13 @@
 
 #include <optional>
 
+// Dispatch over the probability/logit dtypes the ops accept (float64 is rejected by the checks,
+// so it is not instantiated).
+#define SPECDEC_DISPATCH_PROBS(TYPE, NAME, ...)                  \
+  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) \
+                                     AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__) \
+                                     AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
+
 namespace specdec {
 
 struct ChainDims {

@@ -76,7 +76,7 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_cpu(const at::Tensor& draft_toke
   auto out = tokens.accessor<int64_t, 2>();
   int64_t* nacc = num_accepted.data_ptr<int64_t>();
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, target_probs.scalar_type(),
+  SPECDEC_DISPATCH_PROBS(target_probs.scalar_type(),
                                   "verify_chain_cpu", [&] {
     const scalar_t* P = target_probs.data_ptr<scalar_t>();
     const scalar_t* Q = draft_probs.has_value() ? draft_probs->data_ptr<scalar_t>() : nullptr;
@@ -136,7 +136,7 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_greedy_cpu(
   const int64_t nd_stride = num_draft.has_value() ? num_draft->stride(0) : 0;
   auto out = tokens.accessor<int64_t, 2>();
   int64_t* nacc = num_accepted.data_ptr<int64_t>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(),
+  SPECDEC_DISPATCH_PROBS(logits.scalar_type(),
                                   "verify_chain_greedy_cpu", [&] {
     const scalar_t* L = logits.data_ptr<scalar_t>();
     const int64_t sB = logits.stride(0), sK = logits.stride(1);

@@ -92,7 +92,7 @@ at::Tensor sampling_probs_cpu(const at::Tensor& logits_in, const at::Tensor& tem
   const int64_t* kp = k.data_ptr<int64_t>();
   const float* pp = p.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "sampling_probs_cpu", [&] {
+  SPECDEC_DISPATCH_PROBS(logits.scalar_type(), "sampling_probs_cpu", [&] {
     const scalar_t* lp = logits.data_ptr<scalar_t>();
     at::parallel_for(0, R, 1, [&](int64_t r0, int64_t r1) {
       std::vector<float> scratch;

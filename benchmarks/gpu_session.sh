@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# A whole lent-GPU session in one call: build, the full test suite on CUDA, compute-sanitizer
+# memcheck on a short subset, benchmarks of every op and backend, results CSV and a short table.
+#
+#   OUT=/some/dir SPECDEC_COMMIT=$(git rev-parse --short HEAD) benchmarks/gpu_session.sh
+#
+# Writes (at most 8 files, the device tool's limit): env.txt build.log tests.log sanitizer.log
+# bench.json <results>.csv summary.md. Copy the CSV into benchmarks/results/ and commit it.
+# Env: SPECDEC_CUDA_ARCHS (default 90), GPU_SESSION_SKIP="tests sanitizer bench" to skip phases,
+# BENCH_ARGS extra pytest args for the benchmark phase.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+OUT=${OUT:-$PWD/.gpu_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+PY=${PYTHON:-python3}
+skip() { [[ " ${GPU_SESSION_SKIP:-} " == *" $1 "* ]]; }
+stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
+status=0
+
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
+  $PY -c "import sys, torch, triton; print('python', sys.version.split()[0]); print('torch', torch.__version__, 'cuda', torch.version.cuda); print('triton', triton.__version__); print('device', torch.cuda.get_device_name(), 'SMs', torch.cuda.get_device_properties(0).multi_processor_count)"
+  nvcc --version | tail -1
+  echo "commit ${SPECDEC_COMMIT:-unknown}"
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+stamp "build (archs ${SPECDEC_CUDA_ARCHS:-90})"
+if ! SPECDEC_CUDA_ARCHS=${SPECDEC_CUDA_ARCHS:-90} MAX_JOBS=$(nproc) $PY setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
+  tail -40 "$OUT/build.log"
+  stamp "BUILD FAILED"
+  exit 1
+fi
+grep -iE "warning|error" "$OUT/build.log" | head -20
+
+if ! skip tests; then
+  stamp "tests (every backend, CUDA included)"
+  $PY -m pytest -q -ra tests -p no:cacheprovider > "$OUT/tests.log" 2>&1 || status=1
+  tail -25 "$OUT/tests.log"
+fi
+
+if ! skip sanitizer; then
+  stamp "compute-sanitizer memcheck (CUDA backend, short subset)"
+  compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 \
+    $PY -m pytest -q -x tests -k "cuda and not slow and not distribution and not compile" \
+    -p no:cacheprovider > "$OUT/sanitizer.log" 2>&1 || status=1
+  grep -E "ERROR SUMMARY|passed|failed" "$OUT/sanitizer.log" | tail -5
+fi
+
+if ! skip bench; then
+  stamp "benchmarks"
+  $PY -m pytest -q benchmarks -p no:cacheprovider --benchmark-json="$OUT/bench.json" \
+    --benchmark-columns=median,iqr,rounds ${BENCH_ARGS:-} > "$OUT/bench.log" 2>&1 || status=1
+  tail -5 "$OUT/bench.log"
+  csv=$($PY benchmarks/record.py "$OUT/bench.json" --out-dir "$OUT" | tail -1)
+  echo "results: $csv"
+  $PY benchmarks/record.py --markdown "$csv" > "$OUT/summary.md" && cat "$OUT/summary.md"
+  rm -f "$OUT/bench.log"  # its content is in bench.json; keeps the file count under the limit
+fi
+stamp "done (status $status)"
+exit $status

@@ -1,0 +1,196 @@
+"""Turn a pytest-benchmark JSON into a results CSV, and a results CSV into a markdown table.
+
+    python -m pytest benchmarks --benchmark-json=bench.json
+    python benchmarks/record.py bench.json            # -> benchmarks/results/<device>-<date>-<commit>.csv
+    python benchmarks/record.py --markdown benchmarks/results/X.csv   # the README's tables
+
+Times are per op call: CUDA-graph benchmarks time ``calls_per_round`` calls per round (see
+benchmarks/conftest.py), so their median and IQR are divided by it here. ``gbps`` is the bytes
+the call must move divided by that median; ``copy_gbps`` is the device-to-device copy bandwidth
+measured in the same run on the same device; ``speedup_vs_reference`` compares with the
+reference backend at the same op, device, shape and dtype in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+COLUMNS = [
+    "date", "commit", "device", "torch", "triton", "cuda", "op", "backend", "B", "K", "V", "dtype",
+    "median_us", "iqr_us", "bytes", "gbps", "copy_gbps", "speedup_vs_reference",
+]
+_BACKEND_ORDER = {"reference": 0, "cpu": 1, "triton": 2, "cuda": 3, "torch": 4}
+
+
+def git_commit(cwd: str = HERE) -> str:
+    """Short HEAD hash ("-dirty" when tracked files changed), or "unknown" outside a checkout."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True,
+                              text=True, timeout=10)
+        if head.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
+
+
+def _fmt(x: float | None, nd: int) -> str:
+    return "" if x is None else f"{x:.{nd}f}"
+
+
+def rows_from_json(data: dict[str, Any], commit: str | None = None) -> list[dict[str, str]]:
+    """One CSV row per timed benchmark of ``data`` (a pytest-benchmark JSON). ``commit``
+    overrides the one recorded in the JSON (e.g. a run on a machine without the git checkout)."""
+    info = data.get("machine_info", {}).get("specdec", {})
+    if not commit:
+        commit = info.get("commit")
+        if commit:
+            commit += "-dirty" if info.get("dirty") else ""
+        else:  # written outside a git checkout: ask the checkout record.py runs in
+            commit = git_commit()
+    date = str(data.get("datetime", ""))[:10] or "unknown"
+    timed = []
+    for b in data.get("benchmarks", []):
+        ex, st = b.get("extra_info", {}), b.get("stats")
+        if not st or "op" not in ex:
+            continue
+        calls = int(ex.get("calls_per_round", 1))
+        median_s = st["median"] / calls
+        timed.append((ex, median_s, st["iqr"] / calls))
+    if not timed:
+        raise SystemExit("no timed benchmarks in this JSON (was it written with --benchmark-disable?)")
+
+    def key(ex: dict[str, Any]) -> tuple:
+        return ex["op"], ex["device"], ex["B"], ex["K"], ex["V"], ex["dtype"]
+
+    ref = {key(ex): m for ex, m, _ in timed if ex["backend"] == "reference"}
+    copy = {ex["device"]: ex["bytes"] / m / 1e9 for ex, m, _ in timed if ex["op"] == "copy"}
+    rows = []
+    for ex, m, iqr in timed:
+        is_copy = ex["op"] == "copy"
+        r = ref.get(key(ex))
+        rows.append({
+            "date": date,
+            "commit": commit,
+            "device": ex["device"],
+            "torch": info.get("torch") or "unknown",
+            "triton": info.get("triton") or "none",
+            "cuda": info.get("cuda") or "none",
+            "op": ex["op"],
+            "backend": ex["backend"],
+            "B": "" if is_copy else str(ex["B"]),
+            "K": "" if is_copy else str(ex["K"]),
+            "V": "" if is_copy else str(ex["V"]),
+            "dtype": ex["dtype"],
+            "median_us": _fmt(m * 1e6, 3),
+            "iqr_us": _fmt(iqr * 1e6, 3),
+            "bytes": str(ex["bytes"]),
+            "gbps": _fmt(ex["bytes"] / m / 1e9, 3),
+            "copy_gbps": _fmt(copy.get(ex["device"]), 3),
+            "speedup_vs_reference": _fmt(r / m if r is not None else None, 2),
+        })
+
+    def order(row: dict[str, str]) -> tuple:
+        num = [int(row[c]) if row[c] else 0 for c in ("B", "K", "V")]
+        base, _, variant = row["op"].rstrip("]").partition("[")  # "op[variant]": plain op first
+        return (row["op"] == "copy", row["device"], base, variant, row["dtype"], *num,
+                _BACKEND_ORDER.get(row["backend"], 9))
+
+    return sorted(rows, key=order)
+
+
+def record(json_path: str, out_dir: str, commit: str | None = None) -> str:
+    """Write the CSV of a pytest-benchmark JSON under ``out_dir``; returns its path."""
+    with open(json_path) as f:
+        data = json.load(f)
+    rows = rows_from_json(data, commit)
+    info = data.get("machine_info", {}).get("specdec", {})
+    load = info.get("loadavg_start"), info.get("loadavg_end")
+    if all(load):
+        print(f"note: 1-min load average {load[0][0]:.2f} at the start, {load[1][0]:.2f} at the end "
+              f"of the run", file=sys.stderr)
+    device = info.get("device") or rows[0]["device"]
+    name = f"{slug(device)}-{rows[0]['date']}-{rows[0]['commit']}.csv"
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, name)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def _num(s: str, nd: int) -> str:
+    if not s:
+        return ""
+    x = float(s)
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.{nd}f}"
+
+
+def markdown(csv_path: str) -> str:
+    """A compact markdown table of a results CSV (columns that are constant go in the caption)."""
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise SystemExit(f"{csv_path}: no rows")
+    first = rows[0]
+    devices = sorted({r["device"] for r in rows})
+    dtypes = sorted({r["dtype"] for r in rows if r["op"] != "copy"})
+    caption = (f"{', '.join(devices)} · torch {first['torch']} · triton {first['triton']} · "
+               f"CUDA {first['cuda']} · commit {first['commit']} · {first['date']}"
+               + (f" · {dtypes[0]}" if len(dtypes) == 1 else ""))
+    cols = (["device"] if len(devices) > 1 else []) + ["op", "B", "K", "V"]
+    cols += ["dtype"] if len(dtypes) > 1 else []
+    cols += ["backend", "median µs", "IQR µs", "GB/s", "% of copy", "vs reference"]
+    out = [f"_{caption}_", "", "| " + " | ".join(cols) + " |",
+           "|" + "|".join("---:" if c in ("B", "K", "V") or "µs" in c or "GB" in c or "%" in c
+                          or c == "vs reference" else "---" for c in cols) + "|"]
+    for r in rows:
+        pct = (f"{100 * float(r['gbps']) / float(r['copy_gbps']):.0f}%"
+               if r["gbps"] and r["copy_gbps"] else "")
+        speed = f"{float(r['speedup_vs_reference']):.1f}×" if r["speedup_vs_reference"] else ""
+        if r["backend"] == "reference":
+            speed = "1×"
+        cells = {
+            "device": r["device"], "op": f"`{r['op']}`", "B": r["B"], "K": r["K"], "V": r["V"],
+            "dtype": r["dtype"], "backend": r["backend"], "median µs": _num(r["median_us"], 1),
+            "IQR µs": _num(r["iqr_us"], 1), "GB/s": _num(r["gbps"], 2), "% of copy": pct,
+            "vs reference": speed,
+        }
+        out.append("| " + " | ".join(cells[c] for c in cols) + " |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("json", nargs="?", help="pytest-benchmark JSON (--benchmark-json) to record")
+    ap.add_argument("--out-dir", default=os.path.join(HERE, "results"), help="where the CSV goes")
+    ap.add_argument("--commit", help="commit to record when the JSON has none or a wrong one (default: "
+                    "the JSON's, else `git rev-parse` here, else 'unknown')")
+    ap.add_argument("--markdown", metavar="CSV", help="print a results CSV as a markdown table")
+    args = ap.parse_args(argv)
+    if args.markdown:
+        print(markdown(args.markdown))
+        return 0
+    if not args.json:
+        ap.error("give a pytest-benchmark JSON, or --markdown CSV")
+    print(record(args.json, args.out_dir, args.commit))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

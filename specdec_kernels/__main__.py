@@ -1,0 +1,207 @@
+"""``python -m specdec_kernels``: what is installed, a self-check of every backend against the
+reference, and a timing table.
+
+    python -m specdec_kernels [--device cpu|cuda] [--quick]
+
+Exit status 1 when any check (or timed call) fails, 2 on a usage error. Triton runs on CPU
+tensors only when TRITON_INTERPRET=1 was set before the import; this command reports what is
+available and never sets it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+import specdec_kernels as sk
+from specdec_kernels import _backend, reference
+
+# Timing-table shape: the issue's fixed case.
+TIME_B, TIME_K, TIME_V = 8, 5, 32000
+SAMPLING_KW: dict[str, Any] = {"temperature": 0.8, "top_k": 50, "top_p": 0.9}
+OPS = ("verify_chain", "verify_chain[draft_probs=None]", "verify_chain_greedy", "sampling_probs")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_case(B: int, K: int, V: int, device: torch.device, ragged: bool, seed: int = 0) -> dict[str, Any]:
+    """Chain inputs where rejections happen at various positions: peaked target rows (one mode of
+    probability ~0.1-0.98 over a flat background), a noisy draft, drafts sampled from the draft.
+    ``ragged``: the last request drafted K // 2 tokens (num_draft), its tail padded with -1."""
+    g = torch.Generator().manual_seed(seed)
+    z = 2.0 * torch.randn(B, K + 1, V, generator=g)
+    mode = torch.randint(0, V, (B, K + 1, 1), generator=g)
+    c = torch.rand(B, K + 1, 1, generator=g) * 6.0 - 2.0
+    z.scatter_add_(-1, mode, math.log(V) + 2.0 + c)
+    q = torch.softmax(z[:, :K] + torch.randn(B, K, V, generator=g), -1)
+    x = torch.multinomial(q.reshape(-1, V), 1, generator=g).reshape(B, K)
+    num_draft = None
+    if ragged:
+        num_draft = torch.full((B,), K, dtype=torch.long, device=device)
+        num_draft[-1] = K // 2
+        x[-1, K // 2:] = -1
+    case = {k: v.to(device) for k, v in {"x": x, "p": torch.softmax(z, -1), "q": q, "z": z}.items()}
+    case["num_draft"] = num_draft
+    return case
+
+
+def op_calls(case: dict[str, Any]) -> dict[str, tuple[Callable[[], Any], Callable[[], Any]]]:
+    """op -> (public call, reference call) on ``case``. check=False on the public call: input
+    validation is not what is compared or timed (the reference call validates the inputs)."""
+    x, p, q, z, nd = case["x"], case["p"], case["q"], case["z"], case["num_draft"]
+    return {
+        "verify_chain": (
+            lambda: sk.verify_chain(x, p, q, num_draft=nd, seed=7, offset=4, check=False),
+            lambda: reference.verify_chain(x, p, q, num_draft=nd, seed=7, offset=4),
+        ),
+        "verify_chain[draft_probs=None]": (
+            lambda: sk.verify_chain(x, p, None, num_draft=nd, seed=7, offset=4, check=False),
+            lambda: reference.verify_chain(x, p, None, num_draft=nd, seed=7, offset=4),
+        ),
+        "verify_chain_greedy": (
+            lambda: sk.verify_chain_greedy(x, z, num_draft=nd, check=False),
+            lambda: reference.verify_chain_greedy(x, z, num_draft=nd),
+        ),
+        "sampling_probs": (
+            lambda: sk.sampling_probs(z, **SAMPLING_KW, check=False),
+            lambda: reference.sampling_probs(z, **SAMPLING_KW),
+        ),
+    }
+
+
+def same(op: str, got: Any, want: Any) -> bool:
+    if op == "sampling_probs":
+        return got.shape == want.shape and bool(torch.allclose(got.cpu(), want.cpu(), rtol=1e-5, atol=1e-5))
+    return torch.equal(got.tokens.cpu(), want.tokens.cpu()) and torch.equal(
+        got.num_accepted.cpu(), want.num_accepted.cpu())
+
+
+def self_check(device: torch.device, backends: list[str]) -> bool:
+    """Every op x backend against the reference on a small ragged case; prints PASS/FAIL."""
+    print(f"\nself-check on {device.type} (B=4, K=3, V=97, ragged num_draft; chain: exact, "
+          f"sampling_probs: allclose 1e-5)")
+    calls = op_calls(make_case(4, 3, 97, device, ragged=True, seed=1))
+    ok = True
+    for op, (fn, ref_fn) in calls.items():
+        want = ref_fn()
+        for be in backends:
+            try:
+                with sk.use_backend(be):
+                    got = fn()
+                _sync(device)
+                passed, why = same(op, got, want), ""
+            except Exception as e:  # report every backend, do not stop at the first broken one
+                passed, why = False, f"  ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+            ok &= passed
+            print(f"  {op:32s} {be:10s} {'PASS' if passed else 'FAIL'}{why}")
+    return ok
+
+
+def median_us(fn: Callable[[], Any], device: torch.device, reps: int, budget_s: float) -> float:
+    """Median wall time of one synchronised call in microseconds, after one warm-up call;
+    at most ``reps`` calls and roughly ``budget_s`` seconds."""
+    fn()
+    _sync(device)
+    ts: list[float] = []
+    start = time.perf_counter()
+    while len(ts) < reps and (len(ts) < 3 or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts) * 1e6
+
+
+def timing_table(device: torch.device, backends: list[str]) -> bool:
+    print(f"\ntiming on {device.type}: B={TIME_B}, K={TIME_K}, V={TIME_V}, float32, median of "
+          f"synchronised eager calls in us (sampling_probs: {SAMPLING_KW})")
+    calls = op_calls(make_case(TIME_B, TIME_K, TIME_V, device, ragged=False))
+    print(f"  {'op':32s} " + " ".join(f"{b:>18s}" for b in backends))
+    ok = True
+    for op, (fn, _) in calls.items():
+        cells: list[str] = []
+        ref_us: float | None = None
+        for be in backends:
+            if be == "triton" and device.type == "cpu":
+                cells.append(f"{'n/a (interpreter)':>18s}")  # interpreted Triton: not a timing
+                continue
+            try:
+                with sk.use_backend(be):
+                    # the reference is a Python loop (~0.1 s a call here): few repeats
+                    us = median_us(fn, device, reps=3 if be == "reference" else 200,
+                                   budget_s=0.5 if be == "reference" else 1.0)
+            except Exception as e:
+                ok = False
+                cells.append(f"{'error: ' + type(e).__name__:>18s}")
+                continue
+            if be == "reference":
+                ref_us = us
+                cells.append(f"{us:18.1f}")
+            else:
+                speed = f" ({ref_us / us:5.1f}x)" if ref_us else ""
+                cells.append(f"{f'{us:.1f}{speed}':>18s}")
+        print(f"  {op:32s} " + " ".join(cells))
+    print("  (Nx) = speed-up over the reference, same run")
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m specdec_kernels", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                    help="device of the self-check and timing (default: cuda when available)")
+    ap.add_argument("--quick", action="store_true", help="self-check only, no timing table")
+    args = ap.parse_args(argv)
+
+    have_cuda = torch.cuda.is_available()
+    if args.device == "cuda" and not have_cuda:
+        print("--device cuda: torch.cuda.is_available() is False here", file=sys.stderr)
+        return 2
+    device = torch.device(args.device or ("cuda" if have_cuda else "cpu"))
+
+    loaded, with_cuda, msg = _backend.cpp_status()
+    triton_state = "importable" if _backend.triton_importable() else "not importable"
+    if _backend.triton_interpret():
+        triton_state += ", TRITON_INTERPRET=1"
+    print(f"specdec_kernels {sk.__version__}")
+    print(f"torch {torch.__version__} (CUDA {torch.version.cuda}; GPU available: {have_cuda}"
+          + (f", {torch.cuda.get_device_name()}" if have_cuda else "") + ")")
+    print(f"compiled extension: {'loaded' if loaded else 'NOT loaded'}, "
+          f"CUDA kernels: {'yes' if with_cuda else 'no'} ({msg})")
+    print(f"triton: {triton_state}")
+    try:
+        forced = _backend.forced()
+    except ValueError as e:  # a bad SPECDEC_BACKEND value
+        print(e, file=sys.stderr)
+        return 2
+    if forced:
+        print(f"backend forced by SPECDEC_BACKEND: {forced}")
+    for d in ["cpu"] + (["cuda"] if have_cuda else []):
+        line = f"backends for {d} tensors: {', '.join(sk.backends(d))}"
+        if not forced:
+            defaults = {op: _backend.select(op, torch.device(d))
+                        for op in ("verify_chain", "verify_chain_greedy", "sampling_probs")}
+            kinds = set(defaults.values())
+            line += (f" (default: {kinds.pop()})" if len(kinds) == 1 else
+                     " (defaults: " + ", ".join(f"{o}={b}" for o, b in defaults.items()) + ")")
+        print(line)
+
+    backends = sk.backends(device.type)
+    ok = self_check(device, backends)
+    if not args.quick:
+        ok &= timing_table(device, backends)
+    print("\nOK" if ok else "\nFAILED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
