@@ -157,10 +157,6 @@ def test_broadcast_over_rows():
     _rows_match_scalar_calls(torch.arange(9).expand(3, 9))
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="library bug: draw_words gathers with an index shaped like `element`, so "
-                          "seed/offset/stream with more dims than `element` fail, although the "
-                          "docstring says they only need to be broadcastable against it")
 def test_broadcast_over_rows_element_1d():
     _rows_match_scalar_calls(torch.arange(9))
 

@@ -53,16 +53,10 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_cpu(const at::Tensor& draft_toke
                                                     bool row_streams) {
   const ChainDims d = check_chain_args(draft_tokens, target_probs_in, draft_probs_in, num_draft,
                                        "target_probs");
-  check_row_param(seed, d.B, at::kLong, "seed", target_probs_in);
-  check_row_param(offset, d.B, at::kLong, "offset", target_probs_in);
+  check_chain_rng(seed, offset, d.B, target_probs_in);
   const at::Tensor target_probs = unit_last_stride(target_probs_in);
   std::optional<at::Tensor> draft_probs;
-  if (draft_probs_in.has_value()) {
-    draft_probs = unit_last_stride(*draft_probs_in);
-    TORCH_CHECK(draft_probs->scalar_type() == target_probs.scalar_type(),
-                "draft_probs must have the dtype of target_probs (", target_probs.scalar_type(),
-                "), got ", draft_probs->scalar_type());
-  }
+  if (draft_probs_in.has_value()) draft_probs = unit_last_stride(*draft_probs_in);
   const int64_t B = d.B, K = d.K, V = d.V;
   at::Tensor tokens = at::full({B, K + 1}, -1, draft_tokens.options());
   at::Tensor num_accepted = at::empty({B}, draft_tokens.options());

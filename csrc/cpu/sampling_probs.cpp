@@ -78,12 +78,7 @@ void filter_row(const T* in, float* out, int64_t V, float temp, int64_t top_k, f
 
 at::Tensor sampling_probs_cpu(const at::Tensor& logits_in, const at::Tensor& temperature,
                               const at::Tensor& top_k, const at::Tensor& top_p) {
-  TORCH_CHECK(logits_in.dim() == 2, "logits must be [R, V], got ", logits_in.sizes());
-  check_probs_dtype(logits_in, "logits");
-  const int64_t R = logits_in.size(0), V = logits_in.size(1);
-  check_row_param(temperature, R, at::kFloat, "temperature", logits_in);
-  check_row_param(top_k, R, at::kLong, "top_k", logits_in);
-  check_row_param(top_p, R, at::kFloat, "top_p", logits_in);
+  const int64_t R = check_sampling_args(logits_in, temperature, top_k, top_p), V = logits_in.size(1);
   const at::Tensor logits = logits_in.contiguous();
   at::Tensor out = at::empty({R, V}, logits.options().dtype(at::kFloat));
   if (R == 0 || V == 0) return out;

@@ -4,14 +4,16 @@
 // each block recomputes the short acceptance prefix from those scalars (they are L2 hits after the
 // first block), races its chunk, and writes one (key, index) partial; a one-block-per-row kernel
 // combines the partials. No host synchronisation, no [B, K+1, V] temporaries.
+//
+// Tried and measured on an H100 (benchmarks/results, 2026-11-22): a single-launch variant whose
+// chunks form a thread-block cluster (up to 16 blocks) combining through distributed shared memory
+// was no faster (7.6 vs 7.5 us at B=16, K=5, V=32000; 15.9 vs 13.5 us at B=16, K=8, V=128256), so
+// the portable two-kernel form stays. At small B the time is a latency chain (draft ids -> p(x),
+// q(x) -> the row -> the partials), not bandwidth.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <cooperative_groups.h>
-
-#include <algorithm>
-#include <cstdlib>
 #include <torch/library.h>
 
 #include "../common/checks.h"
@@ -23,9 +25,7 @@ namespace specdec {
 namespace cuda {
 namespace {
 
-namespace cg = cooperative_groups;
 constexpr int kThreads = 256;
-constexpr int kMaxCluster = 16;  // H100 allows 16 (non-portable); queried per kernel below
 
 struct RaceBetter {
   __device__ bool operator()(float k, int i, float bk, int bi) const { return race_better(k, i, bk, bi); }
@@ -229,78 +229,6 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) tokens[static_cast<int64_t>(b) * (A.K + 1) + a] = y;
 }
 
-// Hopper path: the chunks of one row form a thread-block cluster, and rank 0 combines the
-// partials through distributed shared memory. One launch, no global workspace, no atomics: the
-// second kernel of the portable path costs about as much as the whole race at B = 16.
-template <typename T>
-__global__ void __launch_bounds__(kThreads)
-    chain_race_cluster(ChainArgs<T> A, int chunk, int64_t* tokens, int64_t* num_accepted) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  cg::cluster_group cluster = cg::this_cluster();
-  const int rank = static_cast<int>(cluster.block_rank());
-  const int csize = static_cast<int>(cluster.num_blocks());
-  const int b = blockIdx.y;
-  const int n = row_num_draft(A, b);
-  const RowRng rng = row_rng(A, b);
-  __shared__ int s_a;
-  __shared__ float s_key;
-  __shared__ int s_idx;
-  __shared__ int s_win;
-  if (threadIdx.x < 32) {
-    const int a = accepted_prefix(A, b, n, rng);
-    if (threadIdx.x == 0) s_a = a;
-  }
-  __syncthreads();
-  const int a = s_a;
-  if (rank == 0) {
-    for (int i = threadIdx.x; i <= A.K; i += blockDim.x)
-      tokens[static_cast<int64_t>(b) * (A.K + 1) + i] = i < a ? A.drafts[b * A.dB + i] : -1;
-    if (threadIdx.x == 0) num_accepted[b] = a;
-  }
-  const bool bonus = a == n;
-  const T* prow = A.P + b * A.pB + a * A.pK;
-  const T* qrow = (!bonus && A.Q) ? A.Q + b * A.qB + a * A.qK : nullptr;
-  int skip = -1;
-  if (!bonus && !A.Q) {
-    const int64_t x = A.drafts[b * A.dB + a];
-    skip = (x >= 0 && x < A.V) ? static_cast<int>(x) : -1;
-  }
-  const DrawKey key = make_draw_key(rng.seed, rng.offset, 1, rng.stream);
-  const int lo = rank * chunk;
-  const int hi = min(A.V, lo + chunk);
-  float best = 0.f;
-  int best_idx = INT_MAX;
-  race_chunk(prow, qrow, skip, lo, hi, key, best, best_idx);
-  block_reduce_pair(best, best_idx, RaceBetter{});
-  if (threadIdx.x == 0) {
-    s_key = best;
-    s_idx = best_idx;
-  }
-  cluster.sync();  // every block's partial is visible cluster-wide
-  if (rank == 0 && threadIdx.x < 32) {
-    float k = 0.f;
-    int i = INT_MAX;
-    if (static_cast<int>(threadIdx.x) < csize) {
-      k = *cluster.map_shared_rank(&s_key, threadIdx.x);
-      i = *cluster.map_shared_rank(&s_idx, threadIdx.x);
-    }
-    warp_reduce_pair(k, i, RaceBetter{});
-    if (threadIdx.x == 0) s_win = k > 0.f ? i : -1;
-  }
-  cluster.sync();  // remote reads done before any block's shared memory goes away
-  if (rank != 0) return;
-  int y = s_win;
-  if (y < 0) {  // zero-mass residual: race p itself (off the fast path, see chain_finalize)
-    best = 0.f;
-    best_idx = INT_MAX;
-    race_chunk<T>(prow, nullptr, -1, 0, A.V, key, best, best_idx);
-    block_reduce_pair(best, best_idx, RaceBetter{});
-    y = best > 0.f ? best_idx : 0;
-  }
-  if (threadIdx.x == 0) tokens[static_cast<int64_t>(b) * (A.K + 1) + a] = y;
-#endif
-}
-
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     greedy_partial(const T* L, int64_t sB, int64_t sK, const int64_t* num_draft, int64_t ndS, int K,
@@ -373,41 +301,6 @@ __global__ void greedy_finalize(const int64_t* drafts, int64_t dB, const int64_t
   if (lane == 0) num_accepted[b] = a;
 }
 
-// Largest cluster the device accepts for chain_race_cluster (16 on H100 once non-portable sizes
-// are allowed, else the portable 8). Queried once per device and dtype.
-template <typename T>
-int max_cluster_size() {
-  static int cached[64] = {0};
-  const int dev = c10::cuda::current_device();
-  if (dev < 64 && cached[dev] > 0) return cached[dev];
-  int best = 8;
-  if (cudaFuncSetAttribute(chain_race_cluster<T>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) ==
-      cudaSuccess) {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(kMaxCluster, 1, 1);
-    cfg.blockDim = dim3(kThreads, 1, 1);
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = kMaxCluster;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    int n = 0;
-    if (cudaOccupancyMaxPotentialClusterSize(&n, chain_race_cluster<T>, &cfg) == cudaSuccess && n > 0)
-      best = std::min(n, kMaxCluster);
-  }
-  (void)cudaGetLastError();  // a refused attribute only means "stay portable"
-  if (dev < 64) cached[dev] = best;
-  return best;
-}
-
-// SPECDEC_CHAIN_TWO_KERNELS=1 forces the portable two-kernel path on Hopper (tests, comparisons).
-bool force_two_kernels() {
-  const char* v = std::getenv("SPECDEC_CHAIN_TWO_KERNELS");
-  return v != nullptr && v[0] != '\0' && v[0] != '0';
-}
-
 std::tuple<at::Tensor, at::Tensor> verify_chain_cuda(const at::Tensor& draft_tokens_in,
                                                      const at::Tensor& target_probs_in,
                                                      const std::optional<at::Tensor>& draft_probs_in,
@@ -416,25 +309,18 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_cuda(const at::Tensor& draft_tok
                                                      bool row_streams) {
   const ChainDims d = check_chain_args(draft_tokens_in, target_probs_in, draft_probs_in, num_draft,
                                        "target_probs");
-  check_row_param(seed, d.B, at::kLong, "seed", target_probs_in);
-  check_row_param(offset, d.B, at::kLong, "offset", target_probs_in);
+  check_chain_rng(seed, offset, d.B, target_probs_in);
   const c10::cuda::CUDAGuard guard(target_probs_in.device());
   const at::Tensor draft_tokens = draft_tokens_in.contiguous();
   const at::Tensor P = unit_last_stride(target_probs_in);
   std::optional<at::Tensor> Q;
-  if (draft_probs_in.has_value()) {
-    Q = unit_last_stride(*draft_probs_in);
-    TORCH_CHECK(Q->scalar_type() == P.scalar_type(), "draft_probs must have the dtype of target_probs (",
-                P.scalar_type(), "), got ", Q->scalar_type());
-  }
-  TORCH_CHECK(d.B < 65536, "verify_chain on CUDA supports B < 65536, got ", d.B);
+  if (draft_probs_in.has_value()) Q = unit_last_stride(*draft_probs_in);
+  check_grid_limit(d.B, 65536, "B", "verify_chain");
   auto opts = draft_tokens.options();
   at::Tensor tokens = at::empty({d.B, d.K + 1}, opts);
   at::Tensor num_accepted = at::empty({d.B}, opts);
   if (d.B == 0) return {tokens, num_accepted};
-  const auto* props = at::cuda::getCurrentDeviceProperties();
   const auto stream = at::cuda::getCurrentCUDAStream();
-  const bool use_cluster = props->major >= 9 && !force_two_kernels();
   SPECDEC_DISPATCH_PROBS(P.scalar_type(), "verify_chain_cuda", [&] {
     ChainArgs<scalar_t> A{draft_tokens.data_ptr<int64_t>(),
                           draft_tokens.stride(0),
@@ -453,29 +339,6 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_cuda(const at::Tensor& draft_tok
                           row_streams,
                           static_cast<int>(d.K),
                           static_cast<int>(d.V)};
-    if (use_cluster) {
-      // Cluster of C blocks per row: enough blocks to cover the SMs about twice, at least 1024
-      // elements per block (one pass of 256 threads x 4), at most the portable cluster size.
-      int64_t C = (2 * props->multiProcessorCount + d.B - 1) / d.B;
-      C = std::min<int64_t>({C, max_cluster_size<scalar_t>(), (d.V + 4 * kThreads - 1) / (4 * kThreads)});
-      C = std::max<int64_t>(C, 1);
-      const int64_t chunk = ((d.V + C - 1) / C + 3) / 4 * 4;
-      cudaLaunchConfig_t cfg = {};
-      cfg.gridDim = dim3(static_cast<unsigned>(C), static_cast<unsigned>(d.B), 1);
-      cfg.blockDim = dim3(kThreads, 1, 1);
-      cfg.dynamicSmemBytes = 0;
-      cfg.stream = stream;
-      cudaLaunchAttribute attr[1];
-      attr[0].id = cudaLaunchAttributeClusterDimension;
-      attr[0].val.clusterDim.x = static_cast<unsigned>(C);
-      attr[0].val.clusterDim.y = 1;
-      attr[0].val.clusterDim.z = 1;
-      cfg.attrs = attr;
-      cfg.numAttrs = 1;
-      C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, chain_race_cluster<scalar_t>, A, static_cast<int>(chunk),
-                                        tokens.data_ptr<int64_t>(), num_accepted.data_ptr<int64_t>()));
-      return;
-    }
     const int64_t chunk = chunk_size(d.B, d.V, 4 * kThreads, 4 * kThreads);
     const int nchunks = static_cast<int>((d.V + chunk - 1) / chunk);
     at::Tensor part_key = at::empty({d.B, nchunks}, P.options().dtype(at::kFloat));
@@ -500,7 +363,8 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_greedy_cuda(const at::Tensor& dr
   const c10::cuda::CUDAGuard guard(target_logits_in.device());
   const at::Tensor L = unit_last_stride(target_logits_in);
   const at::Tensor draft_tokens = draft_tokens_in.contiguous();
-  TORCH_CHECK(d.B < 65536 && d.K + 1 < 65536, "verify_chain_greedy on CUDA supports B, K+1 < 65536");
+  check_grid_limit(d.B, 65536, "B", "verify_chain_greedy");
+  check_grid_limit(d.K + 1, 65536, "K+1", "verify_chain_greedy");
   auto opts = draft_tokens.options();
   at::Tensor tokens = at::empty({d.B, d.K + 1}, opts);
   at::Tensor num_accepted = at::empty({d.B}, opts);

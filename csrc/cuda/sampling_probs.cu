@@ -252,14 +252,7 @@ __global__ void __launch_bounds__(kThreads)
 
 at::Tensor sampling_probs_cuda(const at::Tensor& logits_in, const at::Tensor& temperature,
                                const at::Tensor& top_k, const at::Tensor& top_p) {
-  TORCH_CHECK(logits_in.dim() == 2, "logits must be [R, V], got ", logits_in.sizes());
-  check_probs_dtype(logits_in, "logits");
-  const int64_t R = logits_in.size(0), V = logits_in.size(1);
-  TORCH_CHECK(V < (int64_t(1) << 31), "logits must have V < 2^31");
-  TORCH_CHECK(R < (int64_t(1) << 31), "logits must have R < 2^31");
-  check_row_param(temperature, R, at::kFloat, "temperature", logits_in);
-  check_row_param(top_k, R, at::kLong, "top_k", logits_in);
-  check_row_param(top_p, R, at::kFloat, "top_p", logits_in);
+  const int64_t R = check_sampling_args(logits_in, temperature, top_k, top_p), V = logits_in.size(1);
   const c10::cuda::CUDAGuard guard(logits_in.device());
   const at::Tensor logits = logits_in.contiguous();
   const at::Tensor t = temperature.contiguous(), k = top_k.contiguous(), p = top_p.contiguous();

@@ -131,9 +131,10 @@ def verify_chain(
         draft_tokens: the drafted tokens. Shape: (B, K), int64. Positions ``>= num_draft[b]`` are
             ignored (pad them with -1).
         target_probs: target probabilities at the K drafted positions plus the bonus position.
-            Shape: (B, K+1, V), float32/float16/bfloat16 (arithmetic in float32). Rows need not be
-            normalised (the kernels use ratios and an exponential race), but must be finite and
-            non-negative.
+            Shape: (B, K+1, V), float32/float16/bfloat16 (arithmetic in float32). Rows are
+            probability distributions: finite, non-negative, summing to 1 (acceptance compares p
+            with q directly, so p and q must share their normalisation; the sampled row itself
+            needs no exact normalisation).
         draft_probs: the draft distributions the tokens were drawn from. Shape: (B, K, V), same
             dtype as ``target_probs``. ``None`` means deterministic drafts (greedy drafter,
             n-gram, prompt lookup): q is one-hot at the drafted token, which is accepted with

@@ -47,14 +47,13 @@ def draw_words(seed: torch.Tensor, offset: torch.Tensor, slot: int, stream: torc
         slot: which draw of the op (added to offset).
         element: int64 indices within the draw (vocabulary index, position, ...).
     """
+    seed, offset, stream, element = torch.broadcast_tensors(
+        *(torch.as_tensor(t, dtype=torch.int64) for t in (seed, offset, stream, element)))
     k0, k1 = _split64(seed)
     d0, d1 = _split64(offset + slot)
-    blk = element >> 2
-    lane = element & 3
-    z = torch.zeros_like(blk)
-    outs = philox4x32_10(blk + z, (stream & _MASK32) + z, d0 + z, d1 + z, k0 + z, k1 + z)
-    words = torch.stack(torch.broadcast_tensors(*outs), dim=-1)
-    return torch.gather(words, -1, (lane + z).unsqueeze(-1)).squeeze(-1)
+    outs = philox4x32_10(element >> 2, stream & _MASK32, d0, d1, k0, k1)
+    words = torch.stack(outs, dim=-1)
+    return torch.gather(words, -1, (element & 3).unsqueeze(-1)).squeeze(-1)
 
 
 def words_to_uniform(w: torch.Tensor) -> torch.Tensor:

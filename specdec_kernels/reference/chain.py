@@ -34,10 +34,8 @@ def verify_chain(
     """Reference of :func:`specdec_kernels.verify_chain` (same arguments, same result)."""
     from ..ops.chain import _check_verify_chain
 
-    B, K = draft_tokens.shape if draft_tokens.dim() == 2 else (0, 0)
-    _check_verify_chain(draft_tokens, target_probs, draft_probs, num_draft, check)
+    B, K, V, _ = _check_verify_chain(draft_tokens, target_probs, draft_probs, num_draft, check)
     seeds, offsets, streams = chain_rng_rows(seed, offset, B, target_probs.device, generator)
-    V = target_probs.shape[-1]
     tokens = torch.full((B, K + 1), -1, dtype=torch.long)
     num_accepted = torch.zeros(B, dtype=torch.long)
     P = target_probs.detach().cpu().float()
@@ -68,7 +66,9 @@ def verify_chain(
                 r = torch.clamp(P[b, a] - Q[b, a], min=0.0)
             else:
                 r = P[b, a].clone()
-                r[int(drafts[b, a])] = 0.0
+                x = int(drafts[b, a])
+                if 0 <= x < V:  # an out-of-range draft (check=False) was rejected unread
+                    r[x] = 0.0
             y = sample_race(r, u_sample)
             if y < 0:  # residual of zero mass: fall back to p
                 y = sample_race(P[b, a], u_sample)
