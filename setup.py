@@ -67,8 +67,10 @@ def _write_build_info(with_cuda: bool, archs: list[str]) -> None:
 def _extensions():
     with_cuda, why = _cuda_wanted()
     archs = [a.strip() for a in os.environ.get("SPECDEC_CUDA_ARCHS", "80;90").split(";") if a.strip()]
-    sources = ["csrc/registration.cpp"] + sorted(glob.glob("csrc/common/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
-    # no -std: torch.utils.cpp_extension adds the standard its headers need (C++17 for torch 2.11, C++20 for 2.14)
+    sources = ["csrc/registration.cpp"] + sorted(glob.glob("csrc/common/*.cpp"))
+    sources += sorted(glob.glob("csrc/cpu/*.cpp"))
+    # no -std: torch.utils.cpp_extension adds the standard its headers need (C++17 for torch 2.11,
+    # C++20 for 2.14)
     cxx = ["-O3", "-fvisibility=hidden"]
     if with_cuda:
         _log(f"building CPU and CUDA kernels ({why}; archs {';'.join(archs)})")

@@ -34,13 +34,16 @@ CUDA_DEFAULTS: dict[str, str] = {
 _override: str | None = None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpp_status() -> tuple[bool, bool, str]:
     """(compiled extension loaded, built with CUDA kernels, message)."""
+    if importlib.util.find_spec(f"{__package__}._C") is None:
+        return False, False, ("specdec_kernels._C is not built (pip install --no-build-isolation -e .); "
+                              "only the reference and Triton backends are available")
     try:
         from . import _C  # noqa: F401
-    except ImportError as e:  # not built (e.g. running from a source tree without `pip install`)
-        return False, False, f"specdec_kernels._C is not built: {e}"
+    except ImportError as e:  # built, but against another torch or missing a library
+        return False, False, f"specdec_kernels._C failed to load: {e}"
     try:
         from . import _build_info as info
     except ImportError:
@@ -57,7 +60,7 @@ def cpp_status() -> tuple[bool, bool, str]:
     return True, bool(info.WITH_CUDA), msg
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def triton_importable() -> bool:
     if importlib.util.find_spec("triton") is None:
         return False

@@ -41,7 +41,8 @@ def _check_chain_shapes(draft_tokens, target, target_name: str, draft_probs=None
     if draft_probs is not None:
         require_tensor(draft_probs, "draft_probs")
         if list(draft_probs.shape) != [B, K, V]:
-            raise ValueError(f"draft_probs must be [B, K, V] = [{B}, {K}, {V}], got {list(draft_probs.shape)}")
+            raise ValueError(
+                f"draft_probs must be [B, K, V] = [{B}, {K}, {V}], got {list(draft_probs.shape)}")
         require_float(draft_probs, "draft_probs")
         if draft_probs.dtype != target.dtype:
             raise ValueError(f"draft_probs must have the dtype of {target_name} ({target.dtype}), "

@@ -19,7 +19,8 @@ def _row_param(v, R: int, lead: tuple[int, ...], device, dtype, name: str) -> to
         elif tuple(v.shape) == lead or (v.dim() == 1 and v.shape[0] == R):
             v = v.reshape(R)
         else:
-            raise ValueError(f"{name} tensor must have shape [], [R] = [{R}] or {list(lead)}, got {list(v.shape)}")
+            raise ValueError(
+                f"{name} tensor must have shape [], [R] = [{R}] or {list(lead)}, got {list(v.shape)}")
         if dtype.is_floating_point and not v.dtype.is_floating_point:
             raise ValueError(f"{name} tensor must be a float tensor, got {v.dtype}")
         if not dtype.is_floating_point and (v.dtype.is_floating_point or v.dtype == torch.bool):
