@@ -5,11 +5,11 @@
 // first block), races its chunk, and writes one (key, index) partial; a one-block-per-row kernel
 // combines the partials. No host synchronisation, no [B, K+1, V] temporaries.
 //
-// Tried and measured on an H100 (benchmarks/results, 2026-11-22): a single-launch variant whose
-// chunks form a thread-block cluster (up to 16 blocks) combining through distributed shared memory
-// was no faster (7.6 vs 7.5 us at B=16, K=5, V=32000; 15.9 vs 13.5 us at B=16, K=8, V=128256), so
-// the portable two-kernel form stays. At small B the time is a latency chain (draft ids -> p(x),
-// q(x) -> the row -> the partials), not bandwidth.
+// Tried and measured on an H100 (benchmarks/results/nvidia-h100-2026-11-22-quick-check.log): a
+// single-launch variant whose chunks form a thread-block cluster combining through distributed
+// shared memory was no faster than this two-kernel form (8.4 vs 7.4 us at B=16, K=5, V=32000;
+// 20.7 vs 13.3 us at B=16, K=8, V=128256), so it was removed. At small B the time is a latency
+// chain (draft ids -> p(x), q(x) -> the row -> the partials), not bandwidth.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
