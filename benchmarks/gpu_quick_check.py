@@ -11,6 +11,7 @@ pytest benchmarks (benchmarks/gpu_session.sh) are the reference numbers; this is
 import sys
 
 import torch
+from conftest import _graph  # benchmarks/conftest.py: this script runs from benchmarks/
 
 import specdec_kernels as sk
 from specdec_kernels import reference as ref
@@ -120,18 +121,9 @@ for backend in sys.argv[1:]:
 print("FAILS", fails)
 
 
-# timing: CUDA graph of 20 calls
+# timing: CUDA graph of 20 calls, captured the way the pytest benchmarks capture them
 def bench(fn, n=20, reps=30):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(n):
-            fn()
+    g, _ = _graph(fn, n)
     g.replay()
     torch.cuda.synchronize()
     ts = []

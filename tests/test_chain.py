@@ -978,3 +978,17 @@ def test_cuda_graph_capture_greedy(cuda_backend):
     graph.replay()
     torch.cuda.synchronize()
     assert_same(static, ref.verify_chain_greedy(**to_device(inputs, "cpu")))
+
+
+def test_cpp_status_names_missing_extension(monkeypatch):
+    # Without a built _C the status says so plainly (not Python's "circular import" message).
+    import importlib.util
+
+    from specdec_kernels import _backend
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.endswith("._C") else real(name, *a))
+    loaded, with_cuda, msg = _backend.cpp_status.__wrapped__()
+    assert (loaded, with_cuda) == (False, False)
+    assert "not built" in msg and "pip install" in msg
