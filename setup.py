@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import subprocess
 import sys
 
 from setuptools import find_packages, setup
@@ -64,6 +65,30 @@ def _write_build_info(with_cuda: bool, archs: list[str]) -> None:
         f.write(f"CUDA_ARCHS = {archs!r}\n")
 
 
+def _libstdcxx_link_args() -> list[str]:
+    """Make sure _C links the SHARED libstdc++ (the one libtorch uses).
+
+    Some toolchains ship only libstdc++.a in their own directories (the GPU image's /opt/gcc
+    wrapper points -B there), so -lstdc++ silently links the static archive: _C then carries a
+    second copy of the iostream/locale code, and the first c10::str in an error message (an
+    ostringstream built by one copy, used by the other) segfaults. If the driver cannot find
+    libstdc++.so, name the shared library to the linker before the driver's own -lstdc++, so
+    nothing is pulled from the archive.
+    """
+    if not sys.platform.startswith("linux"):
+        return []
+    cxx = os.environ.get("CXX", "c++")
+    try:
+        found = subprocess.run([cxx, "-print-file-name=libstdc++.so"], capture_output=True, text=True,
+                               timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if os.path.isabs(found) and os.path.exists(found):
+        return []
+    _log(f"{cxx} finds no shared libstdc++; linking libstdc++.so.6 explicitly")
+    return ["-Wl,-l:libstdc++.so.6"]
+
+
 def _extensions():
     with_cuda, why = _cuda_wanted()
     archs = [a.strip() for a in os.environ.get("SPECDEC_CUDA_ARCHS", "80;90").split(";") if a.strip()]
@@ -72,6 +97,7 @@ def _extensions():
     # no -std: torch.utils.cpp_extension adds the standard its headers need (C++17 for torch 2.11,
     # C++20 for 2.14)
     cxx = ["-O3", "-fvisibility=hidden"]
+    link = _libstdcxx_link_args()
     if with_cuda:
         _log(f"building CPU and CUDA kernels ({why}; archs {';'.join(archs)})")
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
@@ -83,6 +109,7 @@ def _extensions():
             sources,
             include_dirs=[os.path.join(HERE, "csrc")] + _nvidia_include_dirs(),
             extra_compile_args={"cxx": cxx + ["-DSPECDEC_WITH_CUDA"], "nvcc": nvcc},
+            extra_link_args=link,
         )
     else:
         _log(f"building the CPU kernels only: {why}")
@@ -91,6 +118,7 @@ def _extensions():
             sources,
             include_dirs=[os.path.join(HERE, "csrc")],
             extra_compile_args={"cxx": cxx},
+            extra_link_args=link,
         )
     _write_build_info(with_cuda, archs if with_cuda else [])
     return [ext]

@@ -7,7 +7,9 @@
 # Writes (at most 8 files, the device tool's limit): env.txt build.log tests.log sanitizer.log
 # bench.json <results>.csv summary.md. Copy the CSV into benchmarks/results/ and commit it.
 # Env: SPECDEC_CUDA_ARCHS (default 90), GPU_SESSION_SKIP="tests sanitizer bench" to skip phases,
-# BENCH_ARGS extra pytest args for the benchmark phase; TESTS_TIMEOUT, SANITIZER_TIMEOUT,
+# BENCH_ARGS / TEST_ARGS extra pytest args for the benchmark / test phase (TEST_ARGS defaults to
+# "-n 16 --runslow" where pytest-xdist is installed, as in the GPU image: the whole suite, slow
+# statistical tests included, in about 4 minutes on an H100 machine); TESTS_TIMEOUT, SANITIZER_TIMEOUT,
 # BENCH_TIMEOUT (seconds, defaults 300/120/240) bound each phase so one call fits a lease.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -36,8 +38,12 @@ fi
 grep -iE "warning|error" "$OUT/build.log" | head -20
 
 if ! skip tests; then
+  if [[ -z "${TEST_ARGS+x}" ]]; then
+    TEST_ARGS="--runslow"
+    $PY -c "import xdist" 2>/dev/null && TEST_ARGS="-n 16 --runslow"
+  fi
   stamp "tests (every backend, CUDA included)"
-  timeout "${TESTS_TIMEOUT:-300}" $PY -m pytest -q -ra tests -p no:cacheprovider --durations=15 \
+  timeout "${TESTS_TIMEOUT:-300}" $PY -m pytest -q -ra tests -p no:cacheprovider --durations=15 ${TEST_ARGS:-} \
     > "$OUT/tests.log" 2>&1 || status=1
   tail -25 "$OUT/tests.log"
 fi

@@ -881,6 +881,22 @@ def test_raw_op_checks_raise():
 
 
 @pytest.mark.cuda
+def test_batch_beyond_grid_limit_cuda():
+    # gridDim.y/z are capped at 65535; the CUDA kernels put rows there and launch per slice.
+    if "cpu" not in sk.backends("cpu") or "cuda" not in sk.backends("cuda"):
+        pytest.skip("needs the compiled cpu and cuda backends")
+    inputs = make_chain(65535 + 70, 2, 5, seed=3, ragged=True)
+    greedy_inputs = dict(draft_tokens=inputs["draft_tokens"], target_logits=inputs["target_probs"],
+                         num_draft=inputs["num_draft"])
+    with sk.use_backend("cpu"):
+        expected = sk.verify_chain(**inputs, seed=9)
+        expected_greedy = sk.verify_chain_greedy(**greedy_inputs)
+    with sk.use_backend("cuda"):
+        assert_same(sk.verify_chain(**to_device(inputs, "cuda"), seed=9), expected)
+        assert_same(sk.verify_chain_greedy(**to_device(greedy_inputs, "cuda")), expected_greedy)
+
+
+@pytest.mark.cuda
 def test_device_mismatch_cuda():
     g = _good()
     x, p, q = g["draft_tokens"], g["target_probs"].cuda(), g["draft_probs"].cuda()

@@ -155,9 +155,9 @@ __device__ __forceinline__ void race_chunk(const T* prow, const T* qrow, int ski
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    chain_race_partial(ChainArgs<T> A, int chunk, int nchunks, float* part_key, int* part_idx,
+    chain_race_partial(ChainArgs<T> A, int b0, int chunk, int nchunks, float* part_key, int* part_idx,
                        int64_t* tokens, int64_t* num_accepted) {
-  const int b = blockIdx.y, c = blockIdx.x;
+  const int b = b0 + static_cast<int>(blockIdx.y), c = blockIdx.x;
   const int n = row_num_draft(A, b);
   const RowRng rng = row_rng(A, b);
   __shared__ int s_a;
@@ -189,8 +189,8 @@ __global__ void __launch_bounds__(kThreads)
   race_chunk(prow, qrow, skip, lo, hi, key, best, best_idx);
   block_reduce_pair(best, best_idx, RaceBetter{});
   if (threadIdx.x == 0) {
-    part_key[b * nchunks + c] = best;
-    part_idx[b * nchunks + c] = best_idx;
+    part_key[static_cast<int64_t>(b) * nchunks + c] = best;
+    part_idx[static_cast<int64_t>(b) * nchunks + c] = best_idx;
   }
 }
 
@@ -202,8 +202,8 @@ __global__ void __launch_bounds__(kThreads)
   float best = 0.f;
   int best_idx = INT_MAX;
   for (int c = threadIdx.x; c < nchunks; c += blockDim.x) {
-    const float k = part_key[b * nchunks + c];
-    const int i = part_idx[b * nchunks + c];
+    const float k = part_key[static_cast<int64_t>(b) * nchunks + c];
+    const int i = part_idx[static_cast<int64_t>(b) * nchunks + c];
     if (k > 0.f && race_better(k, i, best, best_idx)) {
       best = k;
       best_idx = i;
@@ -232,8 +232,8 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     greedy_partial(const T* L, int64_t sB, int64_t sK, const int64_t* num_draft, int64_t ndS, int K,
-                   int V, int chunk, int nchunks, float* part_val, int* part_idx) {
-  const int c = blockIdx.x, i = blockIdx.y, b = blockIdx.z;
+                   int V, int b0, int chunk, int nchunks, float* part_val, int* part_idx) {
+  const int c = blockIdx.x, i = blockIdx.y, b = b0 + static_cast<int>(blockIdx.z);
   int n = K;
   if (num_draft) {
     const int64_t v = num_draft[b * ndS];
@@ -315,7 +315,6 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_cuda(const at::Tensor& draft_tok
   const at::Tensor P = unit_last_stride(target_probs_in);
   std::optional<at::Tensor> Q;
   if (draft_probs_in.has_value()) Q = unit_last_stride(*draft_probs_in);
-  check_grid_limit(d.B, 65536, "B", "verify_chain");
   auto opts = draft_tokens.options();
   at::Tensor tokens = at::empty({d.B, d.K + 1}, opts);
   at::Tensor num_accepted = at::empty({d.B}, opts);
@@ -343,10 +342,14 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_cuda(const at::Tensor& draft_tok
     const int nchunks = static_cast<int>((d.V + chunk - 1) / chunk);
     at::Tensor part_key = at::empty({d.B, nchunks}, P.options().dtype(at::kFloat));
     at::Tensor part_idx = at::empty({d.B, nchunks}, P.options().dtype(at::kInt));
-    chain_race_partial<scalar_t><<<dim3(nchunks, d.B), kThreads, 0, stream>>>(
-        A, static_cast<int>(chunk), nchunks, part_key.data_ptr<float>(), part_idx.data_ptr<int>(),
-        tokens.data_ptr<int64_t>(), num_accepted.data_ptr<int64_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    // Rows ride on grid.y (at most 65535): larger batches take one launch per slice of rows.
+    for (int64_t b0 = 0; b0 < d.B; b0 += kMaxGridYZ) {
+      const auto rows = static_cast<unsigned>(std::min<int64_t>(kMaxGridYZ, d.B - b0));
+      chain_race_partial<scalar_t><<<dim3(nchunks, rows), kThreads, 0, stream>>>(
+          A, static_cast<int>(b0), static_cast<int>(chunk), nchunks, part_key.data_ptr<float>(),
+          part_idx.data_ptr<int>(), tokens.data_ptr<int64_t>(), num_accepted.data_ptr<int64_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
     chain_finalize<scalar_t><<<d.B, kThreads, 0, stream>>>(A, nchunks, part_key.data_ptr<float>(),
                                                            part_idx.data_ptr<int>(), tokens.data_ptr<int64_t>(),
                                                            num_accepted.data_ptr<int64_t>());
@@ -363,8 +366,7 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_greedy_cuda(const at::Tensor& dr
   const c10::cuda::CUDAGuard guard(target_logits_in.device());
   const at::Tensor L = unit_last_stride(target_logits_in);
   const at::Tensor draft_tokens = draft_tokens_in.contiguous();
-  check_grid_limit(d.B, 65536, "B", "verify_chain_greedy");
-  check_grid_limit(d.K + 1, 65536, "K+1", "verify_chain_greedy");
+  check_grid_limit(d.K + 1, kMaxGridYZ + 1, "K+1", "verify_chain_greedy");
   auto opts = draft_tokens.options();
   at::Tensor tokens = at::empty({d.B, d.K + 1}, opts);
   at::Tensor num_accepted = at::empty({d.B}, opts);
@@ -377,11 +379,14 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_greedy_cuda(const at::Tensor& dr
   const int64_t* nd = num_draft ? num_draft->data_ptr<int64_t>() : nullptr;
   const int64_t ndS = num_draft ? num_draft->stride(0) : 0;
   SPECDEC_DISPATCH_PROBS(L.scalar_type(), "verify_chain_greedy_cuda", [&] {
-    greedy_partial<scalar_t><<<dim3(nchunks, d.K + 1, d.B), kThreads, 0, stream>>>(
-        L.data_ptr<scalar_t>(), L.stride(0), L.stride(1), nd, ndS, static_cast<int>(d.K),
-        static_cast<int>(d.V), static_cast<int>(chunk), nchunks, part_val.data_ptr<float>(),
-        part_idx.data_ptr<int>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    for (int64_t b0 = 0; b0 < d.B; b0 += kMaxGridYZ) {
+      const auto rows = static_cast<unsigned>(std::min<int64_t>(kMaxGridYZ, d.B - b0));
+      greedy_partial<scalar_t><<<dim3(nchunks, d.K + 1, rows), kThreads, 0, stream>>>(
+          L.data_ptr<scalar_t>(), L.stride(0), L.stride(1), nd, ndS, static_cast<int>(d.K),
+          static_cast<int>(d.V), static_cast<int>(b0), static_cast<int>(chunk), nchunks,
+          part_val.data_ptr<float>(), part_idx.data_ptr<int>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
   });
   greedy_finalize<<<d.B, 32, 0, stream>>>(draft_tokens.data_ptr<int64_t>(), draft_tokens.stride(0), nd, ndS,
                                           static_cast<int>(d.K), nchunks, part_val.data_ptr<float>(),

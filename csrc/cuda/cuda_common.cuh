@@ -1,5 +1,7 @@
 // Device helpers shared by the CUDA kernels: vector loads, warp/block reductions, launch sizing.
 #pragma once
+
+#include <algorithm>
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <cuda_bf16.h>
@@ -12,6 +14,8 @@ namespace specdec {
 namespace cuda {
 
 constexpr unsigned kFullMask = 0xffffffffu;
+// gridDim.y and gridDim.z are limited to 65535; kernels that put rows there launch per slice.
+constexpr int64_t kMaxGridYZ = 65535;
 
 // Four consecutive elements in one load: 16 bytes for float32, 8 bytes for 16-bit types. Four is
 // also the width of one Philox block, so one load feeds exactly one random-number call.
