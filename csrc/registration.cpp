@@ -15,6 +15,17 @@ TORCH_LIBRARY(specdec, m) {
       "-> (Tensor, Tensor)");
   // Temperature, top-k, top-p (in that order) per row; temperature/top_p float32 [R], top_k int64 [R].
   m.def("sampling_probs(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p) -> Tensor");
+  // Sampling without replacement (ALGORITHMS.md §2-3; arithmetic spec in
+  // specdec_kernels/reference/gumbel.py). temperature float32 [R] / [B]; seed, offset int64 [R] / [B];
+  // row_streams as for verify_chain. Returns (tokens, log_probs, scores) and
+  // (parents, tokens, log_probs, scores).
+  m.def(
+      "gumbel_topk(Tensor logits, Tensor temperature, int k, Tensor seed, Tensor offset, bool row_streams) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def(
+      "stochastic_beam_step(Tensor logits, Tensor beam_log_probs, Tensor beam_scores, Tensor? beam_mask, "
+      "int width, Tensor temperature, Tensor seed, Tensor offset, bool row_streams) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 // A bare module so that `import specdec_kernels._C` loads the library and runs the registrations

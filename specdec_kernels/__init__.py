@@ -3,6 +3,7 @@
 Public ops (see each docstring for shapes and dtypes):
     verify_chain, verify_chain_greedy   chain verification (ALGORITHMS.md §1)
     sampling_probs                      temperature / top-k / top-p -> probabilities
+    gumbel_topk, stochastic_beam_step   sampling without replacement (ALGORITHMS.md §2-3)
 Every op has a plain-PyTorch reference under ``specdec_kernels.reference`` with the same signature.
 Backends: reference, cpu (C++), triton, cuda (C++); see ``specdec_kernels.backends()``.
 """
@@ -11,8 +12,9 @@ from __future__ import annotations
 
 from . import _backend
 from ._backend import use_backend
-from .ops._common import ChainResult
+from .ops._common import BeamStep, ChainResult, TopKSample
 from .ops.chain import VERIFY_CHAIN_OFFSET_STRIDE, verify_chain, verify_chain_greedy
+from .ops.gumbel import GUMBEL_OFFSET_STRIDE, gumbel_topk, stochastic_beam_step
 from .ops.sampling import sampling_probs
 
 __version__ = "0.1.0"
@@ -29,7 +31,12 @@ def backends(device: str = "cpu") -> list[str]:
 
 
 __all__ = [
+    "BeamStep",
     "ChainResult",
+    "GUMBEL_OFFSET_STRIDE",
+    "TopKSample",
+    "gumbel_topk",
+    "stochastic_beam_step",
     "VERIFY_CHAIN_OFFSET_STRIDE",
     "backends",
     "sampling_probs",

@@ -11,11 +11,27 @@ def _chain_fake(draft_tokens, target, *_args, **_kwargs):
     return draft_tokens.new_empty((B, K + 1)), draft_tokens.new_empty((B,))
 
 
+def _gumbel_topk_fake(logits, temperature, k, seed, offset, row_streams):
+    R = logits.shape[0]
+    return (logits.new_empty((R, k), dtype=torch.long), logits.new_empty((R, k), dtype=torch.float32),
+            logits.new_empty((R, k), dtype=torch.float32))
+
+
+def _beam_step_fake(logits, beam_log_probs, beam_scores, beam_mask, width, temperature, seed, offset,
+                    row_streams):
+    B = logits.shape[0]
+    ints = logits.new_empty((B, width), dtype=torch.long)
+    floats = logits.new_empty((B, width), dtype=torch.float32)
+    return ints, ints.clone(), floats, floats.clone()
+
+
 def register() -> None:
     torch.library.register_fake("specdec::verify_chain")(
         lambda draft_tokens, target_probs, draft_probs, num_draft, seed, offset, row_streams:
         _chain_fake(draft_tokens, target_probs))
     torch.library.register_fake("specdec::verify_chain_greedy")(
         lambda draft_tokens, target_logits, num_draft: _chain_fake(draft_tokens, target_logits))
+    torch.library.register_fake("specdec::gumbel_topk")(_gumbel_topk_fake)
+    torch.library.register_fake("specdec::stochastic_beam_step")(_beam_step_fake)
     torch.library.register_fake("specdec::sampling_probs")(
         lambda logits, temperature, top_k, top_p: logits.new_empty(logits.shape, dtype=torch.float32))

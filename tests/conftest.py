@@ -32,6 +32,7 @@ import specdec_kernels as sk  # noqa: E402  (must come after TRITON_INTERPRET is
 TRITON_MODULES = {
     "chain": "specdec_kernels.triton.chain",
     "sampling": "specdec_kernels.triton.sampling",
+    "gumbel": "specdec_kernels.triton.gumbel",
 }
 
 

@@ -64,6 +64,56 @@ int64_t check_sampling_args(const at::Tensor& logits, const at::Tensor& temperat
   return R;
 }
 
+std::pair<int64_t, int64_t> check_gumbel_args(const at::Tensor& logits, const at::Tensor& temperature,
+                                              int64_t k, const at::Tensor& seed, const at::Tensor& offset) {
+  TORCH_CHECK(logits.dim() == 2, "logits must be [R, V], got ", logits.sizes());
+  check_probs_dtype(logits, "logits");
+  const int64_t R = logits.size(0), V = logits.size(1);
+  TORCH_CHECK(V >= 1 && V < (int64_t(1) << 31), "logits must have 1 <= V < 2^31, got V = ", V);
+  TORCH_CHECK(R < (int64_t(1) << 31), "logits must have R < 2^31");
+  TORCH_CHECK(k >= 1 && k <= V, "k must be in [1, V] = [1, ", V, "], got ", k);
+  check_row_param(temperature, R, at::kFloat, "temperature", logits);
+  check_row_param(seed, R, at::kLong, "seed", logits);
+  check_row_param(offset, R, at::kLong, "offset", logits);
+  return {R, V};
+}
+
+BeamDims check_beam_args(const at::Tensor& logits, const at::Tensor& beam_log_probs,
+                         const at::Tensor& beam_scores, const std::optional<at::Tensor>& beam_mask,
+                         int64_t width, const at::Tensor& temperature, const at::Tensor& seed,
+                         const at::Tensor& offset) {
+  TORCH_CHECK(logits.dim() == 3, "logits must be [B, W, V], got ", logits.sizes());
+  check_probs_dtype(logits, "logits");
+  const int64_t B = logits.size(0), W = logits.size(1), V = logits.size(2);
+  TORCH_CHECK(W >= 1 && V >= 1, "logits must have W >= 1 and V >= 1, got ", logits.sizes());
+  TORCH_CHECK(W * V < (int64_t(1) << 32), "logits must have W * V < 2^32, got ", W * V);
+  TORCH_CHECK(B < (int64_t(1) << 31), "logits must have B < 2^31");
+  TORCH_CHECK(width >= 1, "width must be >= 1, got ", width);
+  for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{beam_log_probs, "beam_log_probs"},
+                                std::pair<const at::Tensor&, const char*>{beam_scores, "beam_scores"}}) {
+    TORCH_CHECK(t.dim() == 2 && t.size(0) == B && t.size(1) == W, name, " must be [B, W] = [", B, ", ", W,
+                "], got ", t.sizes());
+    TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32, got ", t.scalar_type());
+    check_same_device(t, logits, name);
+  }
+  if (beam_mask.has_value()) {
+    const auto& m = *beam_mask;
+    TORCH_CHECK(m.dim() == 2 && m.size(0) == B && m.size(1) == W, "beam_mask must be [B, W] = [", B, ", ", W,
+                "], got ", m.sizes());
+    TORCH_CHECK(m.scalar_type() == at::kBool, "beam_mask must be bool, got ", m.scalar_type());
+    check_same_device(m, logits, "beam_mask");
+  }
+  check_row_param(temperature, B, at::kFloat, "temperature", logits);
+  check_row_param(seed, B, at::kLong, "seed", logits);
+  check_row_param(offset, B, at::kLong, "offset", logits);
+  return {B, W, V};
+}
+
+void check_max_k(int64_t k, int64_t limit, const char* name, const char* op) {
+  TORCH_CHECK(k <= limit, op, " on CUDA supports ", name, " <= ", limit, ", got ", k,
+              " (the Python op routes larger values to Triton)");
+}
+
 void check_grid_limit(int64_t value, int64_t limit, const char* what, const char* op) {
   TORCH_CHECK(value < limit, op, " on CUDA supports ", what, " < ", limit, ", got ", value);
 }

@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <utility>
 
 // Dispatch over the probability/logit dtypes the ops accept (float64 is rejected by the checks,
 // so it is not instantiated).
@@ -41,6 +42,25 @@ void check_chain_rng(const at::Tensor& seed, const at::Tensor& offset, int64_t B
 // logits [R, V] of an accepted dtype, temperature/top_p float32 [R], top_k int64 [R]. Returns R.
 int64_t check_sampling_args(const at::Tensor& logits, const at::Tensor& temperature,
                             const at::Tensor& top_k, const at::Tensor& top_p);
+
+// gumbel_topk: logits [R, V] (accepted dtype), temperature float32 [R], 1 <= k <= V, seed/offset
+// int64 [R]. Returns (R, V).
+std::pair<int64_t, int64_t> check_gumbel_args(const at::Tensor& logits, const at::Tensor& temperature,
+                                              int64_t k, const at::Tensor& seed, const at::Tensor& offset);
+
+struct BeamDims {
+  int64_t B, W, V;
+};
+
+// stochastic_beam_step: logits [B, W, V], beam_log_probs/beam_scores float32 [B, W], beam_mask
+// bool [B, W], width >= 1, W * V < 2^32, temperature float32 [B], seed/offset int64 [B].
+BeamDims check_beam_args(const at::Tensor& logits, const at::Tensor& beam_log_probs,
+                         const at::Tensor& beam_scores, const std::optional<at::Tensor>& beam_mask,
+                         int64_t width, const at::Tensor& temperature, const at::Tensor& seed,
+                         const at::Tensor& offset);
+
+// A backend limit on k / width (the CUDA kernels keep candidates in registers).
+void check_max_k(int64_t k, int64_t limit, const char* name, const char* op);
 
 // A grid-size limit of a CUDA kernel (gridDim.y / .z are below 65536).
 void check_grid_limit(int64_t value, int64_t limit, const char* what, const char* op);

@@ -25,6 +25,39 @@ class ChainResult(NamedTuple):
     num_accepted: torch.Tensor
 
 
+class TopKSample(NamedTuple):
+    """Result of :func:`specdec_kernels.gumbel_topk`: k distinct tokens per row, in draw order.
+
+    Fields:
+        tokens: int64 [R, k]: distinct tokens by descending perturbed score; -1 in the slots past
+            the number of tokens with non-zero probability.
+        log_probs: float32 [R, k]: log softmax(logits / temperature) at those tokens; -inf in
+            padding slots.
+        scores: float32 [R, k]: the perturbed values log_probs + Gumbel noise, descending; -inf in
+            padding slots.
+    """
+
+    tokens: torch.Tensor
+    log_probs: torch.Tensor
+    scores: torch.Tensor
+
+
+class BeamStep(NamedTuple):
+    """Result of :func:`specdec_kernels.stochastic_beam_step`: the kept expansions, best first.
+
+    Fields:
+        parents: int64 [B, width]: index of the expanded beam in [0, W); -1 in padding slots.
+        tokens: int64 [B, width]: the appended token; -1 in padding slots.
+        log_probs: float32 [B, width]: cumulative log q of the new sequence; -inf in padding.
+        scores: float32 [B, width]: its truncated perturbed score G', descending; -inf in padding.
+    """
+
+    parents: torch.Tensor
+    tokens: torch.Tensor
+    log_probs: torch.Tensor
+    scores: torch.Tensor
+
+
 def require_tensor(t, name: str) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -100,6 +133,27 @@ def chain_rng_rows(seed: SeedLike, offset, B: int, device: torch.device,
     streams = torch.arange(B, device=device) if row_streams else torch.zeros(B, dtype=torch.long,
                                                                               device=device)
     return seeds, offsets, streams
+
+
+def row_param(v, R: int, lead: tuple[int, ...], device, dtype, name: str) -> torch.Tensor:
+    """A per-row parameter (Python scalar or tensor of shape [], [R] or ``lead``) as a contiguous
+    [R] tensor of ``dtype`` on ``device``."""
+    if isinstance(v, torch.Tensor):
+        if v.device != device:
+            raise ValueError(f"{name} tensor must be on {device}, got {v.device}")
+        if v.dim() == 0:
+            v = v.reshape(1).expand(R)
+        elif tuple(v.shape) == lead or (v.dim() == 1 and v.shape[0] == R):
+            v = v.reshape(R)
+        else:
+            raise ValueError(
+                f"{name} tensor must have shape [], [R] = [{R}] or {list(lead)}, got {list(v.shape)}")
+        if dtype.is_floating_point and not v.dtype.is_floating_point:
+            raise ValueError(f"{name} tensor must be a float tensor, got {v.dtype}")
+        if not dtype.is_floating_point and (v.dtype.is_floating_point or v.dtype == torch.bool):
+            raise ValueError(f"{name} tensor must be an integer tensor, got {v.dtype}")
+        return v.to(dtype).contiguous()
+    return torch.full((R,), v, dtype=dtype, device=device)
 
 
 def raise_first(flags: torch.Tensor, messages: list[str]) -> None:

@@ -7,26 +7,7 @@ import math
 import torch
 
 from .. import _backend
-from ._common import raise_first, require_float, require_tensor
-
-
-def _row_param(v, R: int, lead: tuple[int, ...], device, dtype, name: str) -> torch.Tensor:
-    if isinstance(v, torch.Tensor):
-        if v.device != device:
-            raise ValueError(f"{name} tensor must be on {device}, got {v.device}")
-        if v.dim() == 0:
-            v = v.reshape(1).expand(R)
-        elif tuple(v.shape) == lead or (v.dim() == 1 and v.shape[0] == R):
-            v = v.reshape(R)
-        else:
-            raise ValueError(
-                f"{name} tensor must have shape [], [R] = [{R}] or {list(lead)}, got {list(v.shape)}")
-        if dtype.is_floating_point and not v.dtype.is_floating_point:
-            raise ValueError(f"{name} tensor must be a float tensor, got {v.dtype}")
-        if not dtype.is_floating_point and (v.dtype.is_floating_point or v.dtype == torch.bool):
-            raise ValueError(f"{name} tensor must be an integer tensor, got {v.dtype}")
-        return v.to(dtype).contiguous()
-    return torch.full((R,), v, dtype=dtype, device=device)
+from ._common import raise_first, require_float, require_tensor, row_param
 
 
 def _prepare(logits, temperature, top_k, top_p, check: bool):
@@ -49,9 +30,9 @@ def _prepare(logits, temperature, top_k, top_p, check: bool):
     if isinstance(top_p, (int, float)) and not isinstance(top_p, bool) and not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1] (1.0 = off), got {top_p}")
     dev = logits.device
-    temp = _row_param(temperature, R, lead, dev, torch.float32, "temperature")
-    k = _row_param(top_k, R, lead, dev, torch.int64, "top_k")
-    p = _row_param(top_p, R, lead, dev, torch.float32, "top_p")
+    temp = row_param(temperature, R, lead, dev, torch.float32, "temperature")
+    k = row_param(top_k, R, lead, dev, torch.int64, "top_k")
+    p = row_param(top_p, R, lead, dev, torch.float32, "top_p")
     flat = logits.reshape(R, V)
     if check and R > 0:
         row_all_masked = (flat == float("-inf")).all(-1).any()

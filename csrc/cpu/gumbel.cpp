@@ -1,0 +1,208 @@
+// Sampling without replacement on the CPU (Gumbel-Top-k, one Stochastic Beam Search step):
+// at::parallel_for over rows; each vocabulary row is read once while a sorted list of the k best
+// perturbed logits and the online log-sum-exp are kept. Noise is drawn lazily: an element whose
+// scaled logit cannot beat the current k-th best even with the largest possible Gumbel value
+// (kGumbelMax) costs one division and one exp, not a Philox block and two logs.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "../common/checks.h"
+#include "../common/gumbel_math.h"
+#include "../common/philox.h"
+
+namespace specdec {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+struct Candidate {
+  float z;
+  int64_t idx;
+};
+
+// One row: its top-k candidates by (z desc, idx asc) and its log-sum-exp of s = x / T.
+// `element0` is the Philox element of vocabulary index 0 (w * V for beam w of a request).
+template <typename T>
+int64_t scan_row(const T* x, int64_t V, float temp, const DrawKey& key, uint64_t element0, int64_t k,
+                 Candidate* top, float* lse_out) {
+  int64_t n = 0;
+  // The sum runs in double: 128K float32 terms added in sequence would lose ~1e-5 relative.
+  float m = kNegInf;
+  double sum = 0.0;
+  uint64_t cached_block = ~uint64_t(0);
+  Philox4 words{};
+  for (int64_t v = 0; v < V; ++v) {
+    const float s = scale_logit(static_cast<float>(x[v]), temp);
+    if (s == kNegInf) continue;  // masked token: no probability, never a candidate
+    if (s > m) {
+      sum = sum * std::exp(static_cast<double>(m) - s) + 1.0;  // exp(-inf) = 0 on the first finite entry
+      m = s;
+    } else {
+      sum += std::exp(s - m);  // float exp: its 1-ulp error does not accumulate
+    }
+    // Full list: only z > the k-th best can enter (a tie loses to the earlier, smaller index),
+    // and z = s + g <= s + kGumbelMax in float32 as well (rounding is monotone).
+    if (n == k && !(s + kGumbelMax > top[k - 1].z)) continue;
+    const uint64_t e = element0 + static_cast<uint64_t>(v);
+    if ((e >> 2) != cached_block) {
+      cached_block = e >> 2;
+      words = draw_block(key, static_cast<uint32_t>(cached_block));
+    }
+    const float z = s + gumbel_from_uniform(word_to_uniform(pick_word(words, static_cast<uint32_t>(e & 3))));
+    if (n == k && !topk_better(z, v, top[k - 1].z, top[k - 1].idx)) continue;
+    // Insertion into the sorted list (k is small: a shift beats a heap here).
+    int64_t pos = n < k ? n++ : k - 1;
+    while (pos > 0 && topk_better(z, v, top[pos - 1].z, top[pos - 1].idx)) {
+      top[pos] = top[pos - 1];
+      --pos;
+    }
+    top[pos] = {z, v};
+  }
+  *lse_out = m == kNegInf ? kNegInf : static_cast<float>(m + std::log(sum));
+  return n;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gumbel_topk_cpu(const at::Tensor& logits_in,
+                                                               const at::Tensor& temperature, int64_t k,
+                                                               const at::Tensor& seed, const at::Tensor& offset,
+                                                               bool row_streams) {
+  const auto [R, V] = check_gumbel_args(logits_in, temperature, k, seed, offset);
+  const at::Tensor logits = unit_last_stride(logits_in);
+  at::Tensor tokens = at::empty({R, k}, logits.options().dtype(at::kLong));
+  at::Tensor log_probs = at::empty({R, k}, logits.options().dtype(at::kFloat));
+  at::Tensor scores = at::empty({R, k}, logits.options().dtype(at::kFloat));
+  if (R == 0) return {tokens, log_probs, scores};
+  const float* temp = temperature.data_ptr<float>();
+  const int64_t* seeds = seed.data_ptr<int64_t>();
+  const int64_t* offs = offset.data_ptr<int64_t>();
+  int64_t* tok = tokens.data_ptr<int64_t>();
+  float* lp = log_probs.data_ptr<float>();
+  float* sc = scores.data_ptr<float>();
+  SPECDEC_DISPATCH_PROBS(logits.scalar_type(), "gumbel_topk_cpu", [&] {
+    const scalar_t* X = logits.data_ptr<scalar_t>();
+    const int64_t sR = logits.stride(0);
+    at::parallel_for(0, R, 1, [&](int64_t r0, int64_t r1) {
+      std::vector<Candidate> top(k);
+      for (int64_t r = r0; r < r1; ++r) {
+        const DrawKey key = make_draw_key(seeds[r * seed.stride(0)], offs[r * offset.stride(0)], 0,
+                                          row_streams ? r : 0);
+        const float T = temp[r * temperature.stride(0)];
+        float lse;
+        const scalar_t* row = X + r * sR;
+        const int64_t n = scan_row<scalar_t>(row, V, T, key, 0, k, top.data(), &lse);
+        for (int64_t j = 0; j < k; ++j) {
+          const bool valid = j < n;
+          tok[r * k + j] = valid ? top[j].idx : -1;
+          lp[r * k + j] = valid ? scale_logit(static_cast<float>(row[top[j].idx]), T) - lse : kNegInf;
+          sc[r * k + j] = valid ? top[j].z - lse : kNegInf;
+        }
+      }
+    });
+  });
+  return {tokens, log_probs, scores};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> stochastic_beam_step_cpu(
+    const at::Tensor& logits_in, const at::Tensor& beam_log_probs, const at::Tensor& beam_scores,
+    const std::optional<at::Tensor>& beam_mask, int64_t width, const at::Tensor& temperature,
+    const at::Tensor& seed, const at::Tensor& offset, bool row_streams) {
+  const BeamDims d = check_beam_args(logits_in, beam_log_probs, beam_scores, beam_mask, width, temperature,
+                                     seed, offset);
+  const int64_t B = d.B, W = d.W, V = d.V;
+  const at::Tensor logits = unit_last_stride(logits_in);
+  const auto lopts = logits.options().dtype(at::kLong), fopts = logits.options().dtype(at::kFloat);
+  at::Tensor parents = at::empty({B, width}, lopts);
+  at::Tensor tokens = at::empty({B, width}, lopts);
+  at::Tensor log_probs = at::empty({B, width}, fopts);
+  at::Tensor scores = at::empty({B, width}, fopts);
+  if (B == 0) return {parents, tokens, log_probs, scores};
+  const int64_t kk = std::min(width, V);  // candidates per beam: only these can survive
+  // Stage 1, parallel over beams: each live beam's candidates (z order) and log-sum-exp.
+  std::vector<Candidate> cand(static_cast<size_t>(B * W * kk));
+  std::vector<int64_t> ncand(static_cast<size_t>(B * W), 0);
+  std::vector<float> lse(static_cast<size_t>(B * W), kNegInf);
+  const auto phi = beam_log_probs.accessor<float, 2>();
+  const auto G = beam_scores.accessor<float, 2>();
+  const bool* mask = beam_mask.has_value() ? beam_mask->data_ptr<bool>() : nullptr;
+  const int64_t mB = mask ? beam_mask->stride(0) : 0, mW = mask ? beam_mask->stride(1) : 0;
+  const float* temp = temperature.data_ptr<float>();
+  const int64_t* seeds = seed.data_ptr<int64_t>();
+  const int64_t* offs = offset.data_ptr<int64_t>();
+  SPECDEC_DISPATCH_PROBS(logits.scalar_type(), "stochastic_beam_step_cpu", [&] {
+    const scalar_t* X = logits.data_ptr<scalar_t>();
+    const int64_t sB = logits.stride(0), sW = logits.stride(1);
+    at::parallel_for(0, B * W, 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t b = i / W, w = i % W;
+        if (mask && !mask[b * mB + w * mW]) continue;  // dead beam: its row is never read
+        const DrawKey key = make_draw_key(seeds[b * seed.stride(0)], offs[b * offset.stride(0)], 0,
+                                          row_streams ? b : 0);
+        ncand[i] = scan_row<scalar_t>(X + b * sB + w * sW, V, temp[b * temperature.stride(0)], key,
+                                      static_cast<uint64_t>(w * V), kk, cand.data() + i * kk, &lse[i]);
+      }
+    });
+    // Stage 2, parallel over requests: truncated scores, then the `width` best over all beams.
+    int64_t* par = parents.data_ptr<int64_t>();
+    int64_t* tok = tokens.data_ptr<int64_t>();
+    float* lp = log_probs.data_ptr<float>();
+    float* sc = scores.data_ptr<float>();
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      struct Child {
+        float gp;
+        int64_t w, rank;
+      };
+      std::vector<Child> kids;
+      for (int64_t b = b0; b < b1; ++b) {
+        kids.clear();
+        const float T = temp[b * temperature.stride(0)];
+        for (int64_t w = 0; w < W; ++w) {
+          const int64_t i = b * W + w;
+          if (ncand[i] == 0) continue;
+          const Candidate* c = cand.data() + i * kk;
+          const float Z = phi[b][w] + (c[0].z - lse[i]);
+          for (int64_t j = 0; j < ncand[i]; ++j) {
+            const float Gt = phi[b][w] + (c[j].z - lse[i]);
+            kids.push_back({truncated_score(G[b][w], Z, Gt), w, j});
+          }
+        }
+        const auto better = [](const Child& a, const Child& c) {
+          return a.gp > c.gp || (a.gp == c.gp && (a.w < c.w || (a.w == c.w && a.rank < c.rank)));
+        };
+        const int64_t n = std::min<int64_t>(width, static_cast<int64_t>(kids.size()));
+        std::partial_sort(kids.begin(), kids.begin() + n, kids.end(), better);
+        for (int64_t j = 0; j < width; ++j) {
+          const int64_t o = b * width + j;
+          if (j >= n) {
+            par[o] = tok[o] = -1;
+            lp[o] = sc[o] = kNegInf;
+            continue;
+          }
+          const Child& ch = kids[j];
+          const int64_t i = b * W + ch.w;
+          const int64_t v = cand[i * kk + ch.rank].idx;
+          const float s = scale_logit(static_cast<float>(X[b * sB + ch.w * sW + v]), T);
+          par[o] = ch.w;
+          tok[o] = v;
+          lp[o] = phi[b][ch.w] + (s - lse[i]);
+          sc[o] = ch.gp;
+        }
+      }
+    });
+  });
+  return {parents, tokens, log_probs, scores};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(specdec, CPU, m) {
+  m.impl("gumbel_topk", &gumbel_topk_cpu);
+  m.impl("stochastic_beam_step", &stochastic_beam_step_cpu);
+}
+
+}  // namespace specdec

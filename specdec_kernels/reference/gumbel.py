@@ -1,0 +1,159 @@
+"""Plain-PyTorch ground truth for sampling without replacement (ALGORITHMS.md §2-3).
+
+This file is the arithmetic spec every backend follows, step by step, in float32:
+
+Gumbel-Top-k, row r (stream ``r`` for an int seed, 0 for a seed tensor; Philox slot 0):
+    s[v] = float32(logits[r, v]) / T[r]                  IEEE division (correctly rounded)
+    u[v] = draw_uniform(seed[r], offset[r], 0, stream, element=v)
+    g[v] = -log(-log(u[v]))                              a Gumbel(0, 1) sample
+    z[v] = s[v] + g[v]                                   the perturbed logit (-inf for masked v)
+    tokens = the k largest z, descending, ties to the smaller v; -1 once z is -inf
+    lse = logsumexp(s) computed in float64, rounded to float32 (the exactly rounded value;
+          kernels may differ by float32 summation error, ~1e-6 relative)
+    log_probs = s[tokens] - lse;  scores = z[tokens] - lse
+z orders tokens exactly as log softmax(s) + g does: one pass over the row needs no softmax.
+
+Stochastic Beam Search step, request b with beams w (element = w * V + v, so the step draws
+W * V distinct uniforms from one Philox draw):
+    per live beam: z as above, lse_w, and its candidates = the ``width`` largest z (ties to the
+    smaller v) -- the only children that can survive, since G' below is increasing in z.
+    phi'   = phi_w + (s - lse_w)                         cumulative log q of the child
+    Gt     = phi_w + (z - lse_w)                         its perturbed score G~
+    Z_w    = Gt of the beam's best candidate             max over ALL children of the beam
+    G'     = truncate(G_w, Z_w, Gt):  G_w for the best candidate (Gt == Z_w), else
+             G_w - max(t, 0) - log1p(exp(-|t|)),  t = G_w - Gt + log1mexp(Gt - Z_w)
+             with log1mexp(a) = log(-expm1(a)) for a > -ln 2, log1p(-exp(a)) otherwise.
+    keep the ``width`` best over all live beams' candidates by (G' desc, beam asc, rank of the
+    candidate in its beam asc). Rank (z order) rather than token id breaks ties, so a beam's
+    kept children stay a prefix of its Gumbel-Top-k order even where float32 rounds G' to G_w.
+Backends agree on the tokens and parents exactly (up to last-ulp differences of log/exp, which
+decide only near-ties) and on log_probs/scores to float32 rounding of lse.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..ops._common import BeamStep, SeedLike, TopKSample, chain_rng_rows
+from ._philox import draw_uniform
+
+_LN2 = math.log(2.0)
+
+
+def gumbel_perturbed(s: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor, stream: torch.Tensor,
+                     element: torch.Tensor) -> torch.Tensor:
+    """z = s + Gumbel noise, float32; -inf where s is -inf. seed/offset/stream broadcast against s."""
+    u = draw_uniform(seed, offset, 0, stream, element)
+    g = -torch.log(-torch.log(u))
+    return s + g
+
+
+def _lse(s: torch.Tensor) -> torch.Tensor:
+    """log-sum-exp over the last dim in float64, rounded to float32 once."""
+    return torch.logsumexp(s.double(), dim=-1, keepdim=True).float()
+
+
+def _top(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, indices) of the k largest entries of the last dim, descending, ties to the smaller
+    index (a stable sort); indices -1 where the value is -inf."""
+    vals, idx = torch.sort(z, dim=-1, descending=True, stable=True)
+    vals, idx = vals[..., :k], idx[..., :k]
+    return vals, torch.where(vals == float("-inf"), torch.full_like(idx, -1), idx)
+
+
+def gumbel_topk(
+    logits: torch.Tensor,
+    k: int,
+    *,
+    temperature: float | torch.Tensor = 1.0,
+    seed: SeedLike = None,
+    offset: int | torch.Tensor = 0,
+    check: bool = True,
+    generator: torch.Generator | None = None,
+) -> TopKSample:
+    """Reference of :func:`specdec_kernels.gumbel_topk` (same arguments, same result)."""
+    from ..ops.gumbel import _check_gumbel_topk
+
+    R, V, temp = _check_gumbel_topk(logits, k, temperature, check)
+    seeds, offsets, streams = chain_rng_rows(seed, offset, R, logits.device, generator)
+    dev = logits.device
+    x = logits.detach().cpu().float()
+    s = x / temp.cpu()[:, None]
+    z = gumbel_perturbed(s, seeds.cpu()[:, None], offsets.cpu()[:, None], streams.cpu()[:, None],
+                         torch.arange(V)[None, :])
+    kk = min(k, V)
+    zk, tokens = _top(z, kk)
+    lse = _lse(s)
+    valid = tokens >= 0
+    ninf = torch.tensor(float("-inf"))
+    log_probs = torch.where(valid, torch.gather(s, 1, tokens.clamp(min=0)) - lse, ninf)
+    scores = torch.where(valid, zk - lse, ninf)
+    return TopKSample(tokens.to(dev), log_probs.to(dev), scores.to(dev))
+
+
+def log1mexp(a: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(a)) for a <= 0, accurate on both sides of -ln 2 (Maechler 2012)."""
+    return torch.where(a > -_LN2, torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(a)))
+
+
+def truncated_score(G: torch.Tensor, Z: torch.Tensor, Gt: torch.Tensor) -> torch.Tensor:
+    """-log(exp(-G) - exp(-Z) + exp(-Gt)): a Gumbel with location Gt truncated at G, given the max
+    Z of the siblings (ALGORITHMS.md §3), in the stable form; exactly G where Gt == Z."""
+    t = G - Gt + log1mexp(torch.clamp(Gt - Z, max=0.0))
+    out = G - torch.clamp(t, min=0.0) - torch.log1p(torch.exp(-t.abs()))
+    return torch.where(Gt >= Z, G, out)
+
+
+def stochastic_beam_step(
+    logits: torch.Tensor,
+    beam_log_probs: torch.Tensor,
+    beam_scores: torch.Tensor,
+    width: int,
+    *,
+    temperature: float | torch.Tensor = 1.0,
+    beam_mask: torch.Tensor | None = None,
+    seed: SeedLike = None,
+    offset: int | torch.Tensor = 0,
+    check: bool = True,
+    generator: torch.Generator | None = None,
+) -> BeamStep:
+    """Reference of :func:`specdec_kernels.stochastic_beam_step` (same arguments, same result)."""
+    from ..ops.gumbel import _check_beam_step
+
+    B, W, V, temp, phi_in, G_in, mask = _check_beam_step(logits, beam_log_probs, beam_scores, width,
+                                                         temperature, beam_mask, check)
+    seeds, offsets, streams = chain_rng_rows(seed, offset, B, logits.device, generator)
+    dev = logits.device
+    x = logits.detach().cpu().float()
+    phi_all, G_all = phi_in.cpu(), G_in.cpu()
+    live_all = mask.cpu() if mask is not None else torch.ones(B, W, dtype=torch.bool)
+    parents = torch.full((B, width), -1, dtype=torch.long)
+    tokens = torch.full((B, width), -1, dtype=torch.long)
+    log_probs = torch.full((B, width), float("-inf"))
+    scores = torch.full((B, width), float("-inf"))
+    element = torch.arange(W)[:, None] * V + torch.arange(V)[None, :]
+    kk = min(width, V)
+    for b in range(B):
+        s = x[b] / temp[b].cpu()  # [W, V]
+        z = gumbel_perturbed(s, seeds[b].cpu(), offsets[b].cpu(), streams[b].cpu(), element)
+        zk, tok = _top(z, kk)  # [W, kk]: each beam's candidates in z order
+        lse = _lse(s)
+        phi, G = phi_all[b][:, None], G_all[b][:, None]
+        valid = (tok >= 0) & live_all[b][:, None]
+        child_phi = phi + (torch.gather(s, 1, tok.clamp(min=0)) - lse)
+        Gt = phi + (zk - lse)
+        Z = Gt[:, :1]
+        Gp = truncated_score(G, Z, Gt)
+        Gp = torch.where(valid, Gp, torch.tensor(float("-inf")))
+        # Merge key (G' desc, beam asc, rank asc): a stable sort of the beam-major flattening.
+        order = torch.sort(Gp.reshape(-1), descending=True, stable=True).indices[:width]
+        flat_valid = valid.reshape(-1)[order]
+        n = int(flat_valid.sum())  # valid entries come first (invalid ones are -inf)
+        order = order[:n]
+        parents[b, :n] = order // kk
+        tokens[b, :n] = tok.reshape(-1)[order]
+        log_probs[b, :n] = child_phi.reshape(-1)[order]
+        scores[b, :n] = Gp.reshape(-1)[order]
+    return BeamStep(parents.to(dev), tokens.to(dev), log_probs.to(dev), scores.to(dev))
