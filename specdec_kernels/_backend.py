@@ -24,11 +24,15 @@ BACKENDS = ("reference", "cpu", "triton", "cuda")
 #   verify_chain_greedy  triton (5.9 vs 9.1 us at B=16 K=5 V=32000; 100 vs 111 us at B=64 K=8 V=128256)
 #   sampling_probs       cuda   (top-k 44 vs 84 us, temperature-only equal or faster; triton is 2x
 #                                faster with top-p at V=32000, equal at V=128256)
+#   gumbel_topk,         triton (not measured yet: the CUDA kernels compile in CI but have not
+#   stochastic_beam_step         run on a GPU; Triton's have run through the interpreter)
 # An op missing here defaults to "cuda" when compiled, else "triton".
 CUDA_DEFAULTS: dict[str, str] = {
     "verify_chain": "cuda",
     "verify_chain_greedy": "triton",
     "sampling_probs": "cuda",
+    "gumbel_topk": "triton",
+    "stochastic_beam_step": "triton",
 }
 
 _override: str | None = None

@@ -79,12 +79,14 @@ def uniform_at(k0, k1, st, d0, d1, element):
 def uniform_block(k0, k1, st, d0, d1, first_block, R: tl.constexpr, NB: tl.constexpr):
     """Uniforms [R, 4 * NB] of elements 4 * first_block ... of R draws (one per tile row).
 
+    ``first_block`` is a scalar or an [R, 1] tensor (a different first block per tile row).
+
     The key words are scalars or [R, 1] tensors (row r of the tile uses draw r). One Philox call
     per block of 4 elements (no redundant rounds): the 4 output words are joined on two minor axes
     of size 2 and flattened, which keeps element order (block-major, lane-minor) and leaves each
     thread holding 4 neighbouring elements, the layout of a vectorised load.
     """
-    blk = tl.zeros((R, NB), tl.uint32) + (first_block + tl.arange(0, NB)).to(tl.uint32)[None, :]
+    blk = tl.zeros((R, NB), tl.uint32) + first_block.to(tl.uint32) + tl.arange(0, NB).to(tl.uint32)[None, :]
     x, y, z, w = philox4x32_10(blk, st, d0, d1, k0, k1)
     # join(join(x, z), join(y, w)) has shape [R, NB, 2, 2]; its flat index 4i + 2j + l holds
     # x, y, z, w for (j, l) = (0, 0), (0, 1), (1, 0), (1, 1): element 4i + lane gets word[lane].
