@@ -26,7 +26,11 @@ from specdec_kernels import _backend, reference
 # Timing-table shape: the issue's fixed case.
 TIME_B, TIME_K, TIME_V = 8, 5, 32000
 SAMPLING_KW: dict[str, Any] = {"temperature": 0.8, "top_k": 50, "top_p": 0.9}
-OPS = ("verify_chain", "verify_chain[draft_probs=None]", "verify_chain_greedy", "sampling_probs")
+OPS = ("verify_chain", "verify_chain[draft_probs=None]", "verify_chain_greedy", "sampling_probs",
+       "gumbel_topk", "stochastic_beam_step")
+# Sampling without replacement: k tokens per row of the [B * (K+1), V] logits; one SBS step with
+# the K+1 rows of a request as its beams.
+TOPK_K = 4
 
 
 def _sync(device: torch.device) -> None:
@@ -50,7 +54,9 @@ def make_case(B: int, K: int, V: int, device: torch.device, ragged: bool, seed: 
         num_draft = torch.full((B,), K, dtype=torch.long, device=device)
         num_draft[-1] = K // 2
         x[-1, K // 2:] = -1
-    case = {k: v.to(device) for k, v in {"x": x, "p": torch.softmax(z, -1), "q": q, "z": z}.items()}
+    phi = -0.5 * torch.arange(K + 1, dtype=torch.float32).expand(B, K + 1)  # beams' log q and G
+    case = {k: v.to(device) for k, v in {"x": x, "p": torch.softmax(z, -1), "q": q, "z": z,
+                                          "phi": phi, "G": phi + 0.25}.items()}
     case["num_draft"] = num_draft
     return case
 
@@ -59,6 +65,8 @@ def op_calls(case: dict[str, Any]) -> dict[str, tuple[Callable[[], Any], Callabl
     """op -> (public call, reference call) on ``case``. check=False on the public call: input
     validation is not what is compared or timed (the reference call validates the inputs)."""
     x, p, q, z, nd = case["x"], case["p"], case["q"], case["z"], case["num_draft"]
+    rows = z.reshape(-1, z.shape[-1])
+    phi, G = case["phi"], case["G"]
     return {
         "verify_chain": (
             lambda: sk.verify_chain(x, p, q, num_draft=nd, seed=7, offset=4, check=False),
@@ -76,10 +84,24 @@ def op_calls(case: dict[str, Any]) -> dict[str, tuple[Callable[[], Any], Callabl
             lambda: sk.sampling_probs(z, **SAMPLING_KW, check=False),
             lambda: reference.sampling_probs(z, **SAMPLING_KW),
         ),
+        "gumbel_topk": (
+            lambda: sk.gumbel_topk(rows, TOPK_K, temperature=0.8, seed=7, offset=4, check=False),
+            lambda: reference.gumbel_topk(rows, TOPK_K, temperature=0.8, seed=7, offset=4),
+        ),
+        "stochastic_beam_step": (
+            lambda: sk.stochastic_beam_step(z, phi, G, TOPK_K, temperature=0.8, seed=7, offset=4,
+                                            check=False),
+            lambda: reference.stochastic_beam_step(z, phi, G, TOPK_K, temperature=0.8, seed=7, offset=4),
+        ),
     }
 
 
 def same(op: str, got: Any, want: Any) -> bool:
+    if op in ("gumbel_topk", "stochastic_beam_step"):
+        n_int = 1 if op == "gumbel_topk" else 2  # tokens (and parents) exact, scores close
+        exact = all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(got[:n_int], want[:n_int], strict=True))
+        return exact and all(torch.allclose(a.cpu(), b.cpu(), rtol=1e-5, atol=1e-5)
+                             for a, b in zip(got[n_int:], want[n_int:], strict=True))
     if op == "sampling_probs":
         return got.shape == want.shape and bool(torch.allclose(got.cpu(), want.cpu(), rtol=1e-5, atol=1e-5))
     return torch.equal(got.tokens.cpu(), want.tokens.cpu()) and torch.equal(
@@ -88,8 +110,8 @@ def same(op: str, got: Any, want: Any) -> bool:
 
 def self_check(device: torch.device, backends: list[str]) -> bool:
     """Every op x backend against the reference on a small ragged case; prints PASS/FAIL."""
-    print(f"\nself-check on {device.type} (B=4, K=3, V=97, ragged num_draft; chain: exact, "
-          f"sampling_probs: allclose 1e-5)")
+    print(f"\nself-check on {device.type} (B=4, K=3, V=97, ragged num_draft; chain, tokens, parents: "
+          f"exact; probabilities, log probs, scores: allclose 1e-5)")
     calls = op_calls(make_case(4, 3, 97, device, ragged=True, seed=1))
     ok = True
     for op, (fn, ref_fn) in calls.items():
@@ -124,7 +146,8 @@ def median_us(fn: Callable[[], Any], device: torch.device, reps: int, budget_s: 
 
 def timing_table(device: torch.device, backends: list[str]) -> bool:
     print(f"\ntiming on {device.type}: B={TIME_B}, K={TIME_K}, V={TIME_V}, float32, median of "
-          f"synchronised eager calls in us (sampling_probs: {SAMPLING_KW})")
+          f"synchronised eager calls in us (sampling_probs: {SAMPLING_KW}; gumbel_topk: k={TOPK_K} over "
+          f"the B*(K+1) rows; stochastic_beam_step: width {TOPK_K}, W=K+1 beams)")
     calls = op_calls(make_case(TIME_B, TIME_K, TIME_V, device, ragged=False))
     print(f"  {'op':32s} " + " ".join(f"{b:>18s}" for b in backends))
     ok = True
@@ -189,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         line = f"backends for {d} tensors: {', '.join(sk.backends(d))}"
         if not forced:
             defaults = {op: _backend.select(op, torch.device(d))
-                        for op in ("verify_chain", "verify_chain_greedy", "sampling_probs")}
+                        for op in ("verify_chain", "verify_chain_greedy", "sampling_probs", "gumbel_topk",
+                                   "stochastic_beam_step")}
             kinds = set(defaults.values())
             line += (f" (default: {kinds.pop()})" if len(kinds) == 1 else
                      " (defaults: " + ", ".join(f"{o}={b}" for o, b in defaults.items()) + ")")
