@@ -30,7 +30,7 @@ class TopKSample(NamedTuple):
 
     Fields:
         tokens: int64 [R, k]: distinct tokens by descending perturbed score; -1 in the slots past
-            the number of tokens with non-zero probability.
+            the number of tokens with a finite logit (-inf masks a token).
         log_probs: float32 [R, k]: log softmax(logits / temperature) at those tokens; -inf in
             padding slots.
         scores: float32 [R, k]: the perturbed values log_probs + Gumbel noise, descending; -inf in

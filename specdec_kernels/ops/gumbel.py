@@ -45,9 +45,18 @@ def _check_temperature(temperature, R: int, lead: tuple[int, ...], device) -> to
     return row_param(temperature, R, lead, device, torch.float32, "temperature")
 
 
-def _logit_flags(x: torch.Tensor, temp: torch.Tensor):
-    return [torch.isnan(x).any() | (x == float("inf")).any(), ~(torch.isfinite(temp) & (temp > 0)).all()], [
-        "logits must not contain NaN or +inf (-inf masks a token)",
+def _logit_flags(x: torch.Tensor, temp: torch.Tensor, live: torch.Tensor | None = None):
+    """Value flags of the logits and temperatures. The scaled logits x / T are checked, not x: a
+    finite logit that overflows float32 when divided by a small temperature is as bad as +inf.
+    ``live`` ([B, W] bool): rows of dead beams are not looked at."""
+    t = temp.reshape(temp.shape + (1,) * (x.dim() - 1))
+    scaled = x.float() / torch.where(torch.isfinite(t) & (t > 0), t, torch.ones_like(t))
+    bad = torch.isnan(scaled) | (scaled == float("inf"))
+    if live is not None:
+        bad = bad & live[..., None]
+    return [bad.any(), ~(torch.isfinite(temp) & (temp > 0)).all()], [
+        "logits must not contain NaN or +inf, and logits / temperature must not overflow float32 "
+        "(-inf masks a token)",
         "temperature must be > 0 and finite in every row",
     ]
 
@@ -106,8 +115,8 @@ def _check_beam_step(logits, beam_log_probs, beam_scores, width, temperature, be
         mask = beam_mask.contiguous()
     temp = _check_temperature(temperature, B, (B,), logits.device)
     if check and B > 0:
-        flags, msgs = _logit_flags(logits, temp)
         live = mask if mask is not None else torch.ones(B, W, dtype=torch.bool, device=logits.device)
+        flags, msgs = _logit_flags(logits, temp, live)
         flags.append((live & ~torch.isfinite(phi)).any())
         msgs.append("beam_log_probs must be finite for live beams (mask dead beams with beam_mask)")
         flags.append((live & ~torch.isfinite(G)).any())
@@ -152,13 +161,14 @@ def gumbel_topk(
             draws do not depend on its batch position. Values in [0, 2**63).
         offset: int or int64 tensor of shape () or (R,): the call uses Philox draw ``offset``
             (``GUMBEL_OFFSET_STRIDE`` = 1: advance by 1 between calls sharing a seed).
-        check: reject NaN/+inf logits and non-positive temperatures in tensors (one device sync).
+        check: reject NaN/+inf logits (also finite ones that overflow when divided by the
+            temperature) and non-positive temperatures in tensors (one device sync).
         generator: used only to draw ``seed`` when it is None.
 
     Returns:
         TopKSample(tokens, log_probs, scores):
-            tokens: (R, k) int64, distinct, in draw order; -1 when fewer than k tokens have
-                non-zero probability (the missing slots).
+            tokens: (R, k) int64, distinct, in draw order; -1 in the slots past the number of
+                tokens with a finite logit (-inf masks a token; any finite logit can be drawn).
             log_probs: (R, k) float32, log softmax(logits / temperature) at the tokens; -inf in
                 missing slots.
             scores: (R, k) float32, log_probs + Gumbel noise, descending; -inf in missing slots.
@@ -224,8 +234,8 @@ def stochastic_beam_step(
             rows are not read).
         seed, offset, generator: as in :func:`gumbel_topk` with rows = requests; the call uses one
             Philox draw (``GUMBEL_OFFSET_STRIDE``), element ``w * V + t`` for child t of beam w.
-        check: reject NaN/+inf logits, non-positive temperatures and non-finite scores or log
-            probs of live beams (one device sync).
+        check: reject NaN/+inf (or overflowing scaled) logits, non-positive temperatures and
+            non-finite scores or log probs, of live beams only (one device sync).
 
     Returns:
         BeamStep(parents, tokens, log_probs, scores), each of shape (B, width), best first:

@@ -52,7 +52,11 @@ def _expm1(a):
 def _truncated_score(G, Z, Gt):
     # -log(exp(-G) - exp(-Z) + exp(-Gt)) in the stable form of ALGORITHMS.md §3; G where Gt >= Z.
     a = tl.minimum(Gt - Z, 0.0)
-    l1me = tl.where(a > _NEG_LN2, tl.log(-_expm1(a)), _log1p(-tl.exp(a)))
+    # Each branch of the select gets an argument in its own range, so neither evaluates log(0)
+    # (the Gt >= Z case, a = 0, returns G below).
+    a_near = tl.minimum(tl.maximum(a, _NEG_LN2), -1e-30)
+    a_far = tl.minimum(a, _NEG_LN2)
+    l1me = tl.where(a > _NEG_LN2, tl.log(-_expm1(a_near)), _log1p(-tl.exp(a_far)))
     t = G - Gt + l1me
     out = G - tl.maximum(t, 0.0) - _log1p(tl.exp(-tl.abs(t)))
     return tl.where(Gt >= Z, G, out)
@@ -123,7 +127,7 @@ def _row_lse(pm_ptr, ps_ptr, row, rm, NCH, NCHP: tl.constexpr):
     M = tl.max(pm, axis=1)
     safe = tl.where(M == float("-inf"), 0.0, M)
     tot = tl.sum(tl.where(pm == float("-inf"), 0.0, ps * tl.exp(pm - safe[:, None])), axis=1)
-    return tl.where(M == float("-inf"), float("-inf"), safe + tl.log(tot))
+    return tl.where(M == float("-inf"), float("-inf"), safe + tl.log(tl.where(tot > 0, tot, 1.0)))
 
 
 @triton.jit
@@ -140,6 +144,9 @@ def _topk_final_kernel(
     cz = tl.load(cz_ptr + row[:, None] * n + j, mask=cm, other=float("-inf"))
     ci = tl.load(ci_ptr + row[:, None] * n + j, mask=cm, other=_NO_IDX)
     lse = _row_lse(pm_ptr, ps_ptr, row, rm, NCH, NCHP)
+    # A row with a valid token has a finite lse; the others (all -inf) write only padding, so a
+    # finite stand-in keeps -inf - -inf out of the unused lanes.
+    lse = tl.where(lse == float("-inf"), 0.0, lse)
     T = tl.load(temp_ptr + row, mask=rm, other=1.0)
     for t in range(k):
         best = tl.max(cz, axis=1)
@@ -181,6 +188,7 @@ def _beam_final_kernel(
             ci = tl.load(ci_ptr + row * n + cj, mask=cj < n, other=_NO_IDX)
             rowv = tl.full((1,), 0, tl.int64) + row
             lse = tl.sum(_row_lse(pm_ptr, ps_ptr, rowv, rowv >= 0, NCH, NCHP), axis=0)
+            lse = tl.where(lse == float("-inf"), 0.0, lse)  # all-masked beam: no valid candidate
             phi = tl.load(phi_ptr + row)
             G = tl.load(g_ptr + row)
             # The beam's top-kk in z order (its rank is the position).
@@ -195,6 +203,7 @@ def _beam_final_kernel(
             valid = new_z > float("-inf")
             Gt = phi + (new_z - lse)
             Z = tl.max(tl.where(valid, Gt, float("-inf")), axis=0)
+            Z = tl.where(Z == float("-inf"), 0.0, Z)  # no candidate: every slot is dropped below
             # Empty slots are fed Z (so no -inf arithmetic) and then dropped.
             Gp = tl.where(valid, _truncated_score(G, Z, tl.where(valid, Gt, Z)), float("-inf"))
             x = tl.load(x_ptr + b * sx_b + w * sx_w + new_i, mask=valid, other=0.0).to(tl.float32)
