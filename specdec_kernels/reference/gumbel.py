@@ -42,17 +42,28 @@ from ._philox import draw_uniform
 _LN2 = math.log(2.0)
 
 
-def gumbel_perturbed(s: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor, stream: torch.Tensor,
-                     element: torch.Tensor) -> torch.Tensor:
-    """z = s + Gumbel noise, float32; -inf where s is -inf. seed/offset/stream broadcast against s."""
-    u = draw_uniform(seed, offset, 0, stream, element)
-    g = -torch.log(-torch.log(u))
-    return s + g
+# Rows are processed in blocks of at most this many elements: vectorised like a kernel's tile,
+# never an [R, V] noise tensor.
+BLOCK_ELEMENTS = 2**20
+
+
+def row_candidates(x: torch.Tensor, T: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor,
+                   stream: torch.Tensor, element0: torch.Tensor, k: int):
+    """A block of n vocabulary rows x [n, V] (T, seed, offset, stream, element0: [n]; element0 is
+    the Philox element of token 0 of each row). Returns, per row, the z of its k best candidates
+    [n, k], their tokens [n, k] (-1 where z is -inf), its log-sum-exp [n, 1] and s at the tokens."""
+    s = x.float() / T[:, None]
+    element = element0[:, None] + torch.arange(s.shape[1])[None, :]
+    u = draw_uniform(seed[:, None], offset[:, None], 0, stream[:, None], element)
+    z = s + -torch.log(-torch.log(u))  # s + Gumbel noise; -inf for masked tokens
+    zk, tok = _top(z, k)
+    return zk, tok, _lse(s), torch.gather(s, 1, tok.clamp(min=0))
 
 
 def _lse(s: torch.Tensor) -> torch.Tensor:
     """log-sum-exp over the last dim in float64, rounded to float32 once."""
     return torch.logsumexp(s.double(), dim=-1, keepdim=True).float()
+
 
 
 def _top(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,17 +90,21 @@ def gumbel_topk(
     R, V, temp = _check_gumbel_topk(logits, k, temperature, check)
     seeds, offsets, streams = chain_rng_rows(seed, offset, R, logits.device, generator)
     dev = logits.device
-    x = logits.detach().cpu().float()
-    s = x / temp.cpu()[:, None]
-    z = gumbel_perturbed(s, seeds.cpu()[:, None], offsets.cpu()[:, None], streams.cpu()[:, None],
-                         torch.arange(V)[None, :])
-    kk = min(k, V)
-    zk, tokens = _top(z, kk)
-    lse = _lse(s)
-    valid = tokens >= 0
-    ninf = torch.tensor(float("-inf"))
-    log_probs = torch.where(valid, torch.gather(s, 1, tokens.clamp(min=0)) - lse, ninf)
-    scores = torch.where(valid, zk - lse, ninf)
+    x, temp = logits.detach().cpu(), temp.cpu()
+    tokens = torch.full((R, k), -1, dtype=torch.long)
+    log_probs = torch.full((R, k), float("-inf"))
+    scores = torch.full((R, k), float("-inf"))
+    seeds, offsets, streams = seeds.cpu(), offsets.cpu(), streams.cpu()
+    step = max(1, BLOCK_ELEMENTS // V)
+    for r0 in range(0, R, step):
+        rows = slice(r0, min(R, r0 + step))
+        n = rows.stop - r0
+        zk, tok, lse, s_tok = row_candidates(x[rows], temp[rows], seeds[rows], offsets[rows], streams[rows],
+                                             torch.zeros(n, dtype=torch.long), k)
+        valid = tok >= 0  # valid slots come first
+        tokens[rows] = tok
+        log_probs[rows] = torch.where(valid, s_tok - torch.where(valid, lse, 0.0), log_probs[rows])
+        scores[rows] = torch.where(valid, zk - torch.where(valid, lse, 0.0), scores[rows])
     return TopKSample(tokens.to(dev), log_probs.to(dev), scores.to(dev))
 
 
@@ -129,28 +144,35 @@ def stochastic_beam_step(
     x = logits.detach().cpu().float()
     phi_all, G_all = phi_in.cpu(), G_in.cpu()
     live_all = mask.cpu() if mask is not None else torch.ones(B, W, dtype=torch.bool)
+    x, temp = logits.detach().cpu(), temp.cpu()
     parents = torch.full((B, width), -1, dtype=torch.long)
     tokens = torch.full((B, width), -1, dtype=torch.long)
     log_probs = torch.full((B, width), float("-inf"))
     scores = torch.full((B, width), float("-inf"))
-    element = torch.arange(W)[:, None] * V + torch.arange(V)[None, :]
     kk = min(width, V)
+    ninf = torch.tensor(float("-inf"))
     for b in range(B):
-        s = x[b] / temp[b].cpu()  # [W, V]
-        z = gumbel_perturbed(s, seeds[b].cpu(), offsets[b].cpu(), streams[b].cpu(), element)
-        zk, tok = _top(z, kk)  # [W, kk]: each beam's candidates in z order
-        lse = _lse(s)
+        # Each live beam's candidates in z order, its live beams as one block (dead beams are
+        # not read): [W, kk].
+        zk = torch.full((W, kk), float("-inf"))
+        tok = torch.full((W, kk), -1, dtype=torch.long)
+        lse = torch.zeros(W, 1)
+        s_tok = torch.zeros(W, kk)
+        live = live_all[b].nonzero().flatten()
+        if live.numel():
+            n = live.numel()
+            zk[live], tok[live], lse[live], s_tok[live] = row_candidates(
+                x[b, live], temp[b].expand(n), seeds[b].cpu().expand(n), offsets[b].cpu().expand(n),
+                streams[b].cpu().expand(n), live * V, kk)
         phi, G = phi_all[b][:, None], G_all[b][:, None]
-        valid = (tok >= 0) & live_all[b][:, None]
-        child_phi = phi + (torch.gather(s, 1, tok.clamp(min=0)) - lse)
+        valid = tok >= 0
+        child_phi = phi + (s_tok - lse)
         Gt = phi + (zk - lse)
         Z = Gt[:, :1]
-        Gp = truncated_score(G, Z, Gt)
-        Gp = torch.where(valid, Gp, torch.tensor(float("-inf")))
+        Gp = torch.where(valid, truncated_score(G, Z, torch.where(valid, Gt, Z)), ninf)
         # Merge key (G' desc, beam asc, rank asc): a stable sort of the beam-major flattening.
         order = torch.sort(Gp.reshape(-1), descending=True, stable=True).indices[:width]
-        flat_valid = valid.reshape(-1)[order]
-        n = int(flat_valid.sum())  # valid entries come first (invalid ones are -inf)
+        n = int(valid.reshape(-1)[order].sum())  # valid entries come first (invalid ones are -inf)
         order = order[:n]
         parents[b, :n] = order // kk
         tokens[b, :n] = tok.reshape(-1)[order]
