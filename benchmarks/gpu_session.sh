@@ -4,6 +4,10 @@
 #
 #   OUT=/some/dir SPECDEC_COMMIT=$(git rev-parse --short HEAD) benchmarks/gpu_session.sh
 #
+# One device call runs at most 10 minutes: split a session in two calls on the same warm machine
+# (the in-place build is kept between them, so the second call's build is a no-op):
+#   1. GPU_SESSION_SKIP="bench"                 build + tests (~4-6 min) + sanitizer
+#   2. GPU_SESSION_SKIP="tests sanitizer"       benchmarks of every op (~4 min)
 # Writes (at most 8 files, the device tool's limit): env.txt build.log tests.log sanitizer.log
 # bench.json <results>.csv summary.md. Copy the CSV into benchmarks/results/ and commit it.
 # Env: SPECDEC_CUDA_ARCHS (default 90), GPU_SESSION_SKIP="tests sanitizer bench" to skip phases,

@@ -125,7 +125,7 @@ def _check_beam_step(logits, beam_log_probs, beam_scores, width, temperature, be
     return B, W, V, temp, phi, G, mask
 
 
-def _cuda_kernel_ok(backend: str, k: int) -> str:
+def _route_large_k(backend: str, k: int) -> str:
     # The CUDA kernels hold candidates in registers; larger k goes to Triton unless CUDA is forced
     # (then the C++ check names the limit).
     if backend == "cuda" and k > CUDA_MAX_K and _backend.forced() is None and \
@@ -184,7 +184,7 @@ def gumbel_topk(
     """
     R, V, temp = _check_gumbel_topk(logits, k, temperature, check)
     seeds, offsets, row_streams = rng_rows(seed, offset, R, logits.device, generator)
-    backend = _cuda_kernel_ok(_backend.select("gumbel_topk", logits.device), k)
+    backend = _route_large_k(_backend.select("gumbel_topk", logits.device), k)
     if backend == "reference":
         from ..reference.gumbel import gumbel_topk as ref
 
@@ -254,7 +254,7 @@ def stochastic_beam_step(
     B, W, V, temp, phi, G, mask = _check_beam_step(logits, beam_log_probs, beam_scores, width, temperature,
                                                    beam_mask, check)
     seeds, offsets, row_streams = rng_rows(seed, offset, B, logits.device, generator)
-    backend = _cuda_kernel_ok(_backend.select("stochastic_beam_step", logits.device), width)
+    backend = _route_large_k(_backend.select("stochastic_beam_step", logits.device), width)
     if backend == "reference":
         from ..reference.gumbel import stochastic_beam_step as ref
 
