@@ -8,6 +8,7 @@ import functools
 
 import pytest
 import torch
+from helpers import to_device, with_generator
 from scipy import stats
 
 import specdec_kernels as sk
@@ -45,16 +46,6 @@ def make_chain(B, K, V, *, seed, dtype=torch.float32, stochastic=True, ragged=Fa
         x = torch.where(torch.arange(K)[None, :] < nd[:, None], x, torch.full_like(x, -1))
     return dict(draft_tokens=x, target_probs=p.to(dtype), draft_probs=q.to(dtype) if stochastic else None,
                 num_draft=nd)
-
-
-def to_device(obj, device):
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(to_device(v, device) for v in obj)
-    return obj
 
 
 def check_structure(res, inputs):
@@ -144,19 +135,12 @@ def _build_case(V, B, K, opts, case_seed):
     return inputs, kw
 
 
-def _with_generator(kw):
-    kw = dict(kw)
-    if kw.get("generator") is not None:
-        kw["generator"] = torch.Generator().manual_seed(kw["generator"])
-    return kw
-
-
 @functools.cache
 def _case(V, B, K, variant):
     """(inputs, kwargs, reference result): the reference runs once per case, whatever the backend."""
     opts = dict(VARIANTS_BY_NAME[variant][3]) if variant else {}
     inputs, kw = _build_case(V, B, K, opts, case_seed=V * 10_000 + B * 100 + K)
-    expected = ref.verify_chain(**inputs, **_with_generator(kw))
+    expected = ref.verify_chain(**inputs, **with_generator(kw))
     return inputs, kw, expected
 
 
@@ -167,7 +151,7 @@ def _run_case(backend, V, B, K, variant=None):
     inputs, kw, expected = _case(V, B, K, variant)
     check_structure(expected, inputs)
     d = backend.device
-    res = sk.verify_chain(**to_device(inputs, d), **to_device(_with_generator(kw), d))
+    res = sk.verify_chain(**to_device(inputs, d), **to_device(with_generator(kw), d))
     assert res.tokens.device.type == backend.device.type
     check_structure(res, inputs)
     assert_same(res, expected)

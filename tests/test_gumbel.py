@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from helpers import to_device, with_generator
 from scipy import stats
 
 import specdec_kernels as sk
@@ -65,16 +66,6 @@ def make_beams(B, W, *, seed, root=False, dtype=torch.float32):
     G = -(3.0 * torch.rand(B, W, generator=g)).sort(-1).values
     phi = G - 0.5 - 2.0 * torch.rand(B, W, generator=g)
     return phi.to(dtype), G.to(dtype)
-
-
-def to_device(obj, device):
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(to_device(v, device) for v in obj)
-    return obj
 
 
 @contextlib.contextmanager
@@ -273,13 +264,6 @@ def _rng_kw(opts, R, case_seed):
     return kw
 
 
-def _with_generator(kw):
-    kw = dict(kw)
-    if kw.get("generator") is not None:
-        kw["generator"] = torch.Generator().manual_seed(kw["generator"])
-    return kw
-
-
 def _strided(t):
     """The same values as a non-contiguous view (a slice of a larger buffer along the last dim)."""
     big = torch.zeros(*t.shape[:-1], t.shape[-1] + 3, dtype=t.dtype)
@@ -301,7 +285,7 @@ def _topk_case(V, R, k, variant=None):
         logits = _strided(logits)
     kw = _rng_kw(opts, R, case_seed)
     with one_thread():
-        expected = ref.gumbel_topk(logits, k, **_with_generator(kw))
+        expected = ref.gumbel_topk(logits, k, **with_generator(kw))
     check_topk_structure(expected, logits, k, kw["temperature"])
     return logits, kw, expected
 
@@ -313,7 +297,7 @@ def _run_topk_case(backend, V, R, k, variant=None):
         pytest.skip("Triton interpreter: large k is slow (R = 3 covers it)")
     logits, kw, expected = _topk_case(V, R, k, variant)
     d = backend.device
-    res = sk.gumbel_topk(logits.to(d), k, **to_device(_with_generator(kw), d))
+    res = sk.gumbel_topk(logits.to(d), k, **to_device(with_generator(kw), d))
     assert res.tokens.device.type == d.type
     assert_topk_same(res, expected)
 
@@ -431,7 +415,7 @@ def _beam_case(V, B, W, width, variant=None):
     kw = _rng_kw(opts, B, case_seed)
     clean = dict(logits=logits, beam_log_probs=phi, beam_scores=G, beam_mask=mask)
     with one_thread():
-        expected = ref.stochastic_beam_step(**clean, width=width, **_with_generator({**kw, "check": True}))
+        expected = ref.stochastic_beam_step(**clean, width=width, **with_generator({**kw, "check": True}))
     check_beam_structure(expected, logits, phi, G, width, kw["temperature"], mask)
     inputs = dict(clean)
     if opts.get("poison"):
@@ -440,7 +424,7 @@ def _beam_case(V, B, W, width, variant=None):
         inputs["beam_log_probs"] = phi.masked_fill(dead, float("nan"))
         inputs["beam_scores"] = G.masked_fill(dead, float("nan"))
         # the reference itself never reads dead beams either
-        assert_beam_same(ref.stochastic_beam_step(**inputs, width=width, **_with_generator(kw)), expected)
+        assert_beam_same(ref.stochastic_beam_step(**inputs, width=width, **with_generator(kw)), expected)
     if opts.get("strided"):
         inputs["logits"] = _strided(logits)
     return inputs, kw, expected
@@ -461,7 +445,7 @@ def _run_beam_case(backend, V, B, W, width, variant=None):
         pytest.skip("Triton interpreter: too slow (B = 3 covers the first requests; compiled backends all)")
     inputs, kw, expected = _beam_case_for(backend, V, B, W, width, variant)
     d = backend.device
-    res = sk.stochastic_beam_step(**to_device(inputs, d), width=width, **to_device(_with_generator(kw), d))
+    res = sk.stochastic_beam_step(**to_device(inputs, d), width=width, **to_device(with_generator(kw), d))
     assert res.tokens.device.type == d.type
     assert_beam_same(res, expected)
 
