@@ -26,6 +26,20 @@ TORCH_LIBRARY(specdec, m) {
       "stochastic_beam_step(Tensor logits, Tensor beam_log_probs, Tensor beam_scores, Tensor? beam_mask, "
       "int width, Tensor temperature, Tensor seed, Tensor offset, bool row_streams) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
+  // Trees (ALGORITHMS.md §4-5; tree format in specdec_kernels/ops/tree.py, arithmetic spec in
+  // specdec_kernels/reference/tree.py). parents/tokens int64 [B, N], num_nodes int64 [B];
+  // seed/offset/row_streams as for verify_chain. Results: (tokens [B, N], num_accepted [B],
+  // accepted_nodes [B, N]); the mask is bool [B, N, N] or, packed, int32 [B, N, ceil(N/32)];
+  // position ids int64 [B, N] from prefix_len int64 [B].
+  m.def(
+      "verify_tree(Tensor tokens, Tensor parents, Tensor target_probs, Tensor? draft_probs, "
+      "Tensor? num_nodes, bool replacement, Tensor seed, Tensor offset, bool row_streams) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def(
+      "verify_tree_greedy(Tensor tokens, Tensor parents, Tensor target_logits, Tensor? num_nodes) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def("tree_attention_mask(Tensor parents, Tensor? num_nodes, bool packed) -> Tensor");
+  m.def("tree_position_ids(Tensor parents, Tensor prefix_len, Tensor? num_nodes) -> Tensor");
 }
 
 // A bare module so that `import specdec_kernels._C` loads the library and runs the registrations

@@ -4,6 +4,9 @@ Public ops (see each docstring for shapes and dtypes):
     verify_chain, verify_chain_greedy   chain verification (ALGORITHMS.md §1)
     sampling_probs                      temperature / top-k / top-p -> probabilities
     gumbel_topk, stochastic_beam_step   sampling without replacement (ALGORITHMS.md §2-3)
+    verify_tree, verify_tree_greedy     exact tree verification (recursive rejection sampling, §4)
+    tree_attention_mask, tree_position_ids, tree_attention_bias   tree attention inputs (§5)
+    compact_tree_kv                     move the accepted path's KV entries after the prefix
 Every op has a plain-PyTorch reference under ``specdec_kernels.reference`` with the same signature.
 Backends: reference, cpu (C++), triton, cuda (C++); see ``specdec_kernels.backends()``.
 """
@@ -12,10 +15,19 @@ from __future__ import annotations
 
 from . import _backend
 from ._backend import use_backend
-from .ops._common import BeamStep, ChainResult, TopKSample
+from .ops._common import BeamStep, ChainResult, TopKSample, TreeResult
 from .ops.chain import VERIFY_CHAIN_OFFSET_STRIDE, verify_chain, verify_chain_greedy
 from .ops.gumbel import GUMBEL_OFFSET_STRIDE, gumbel_topk, stochastic_beam_step
+from .ops.kv_cache import compact_tree_kv
 from .ops.sampling import sampling_probs
+from .ops.tree import (
+    VERIFY_TREE_OFFSET_STRIDE,
+    tree_attention_bias,
+    tree_attention_mask,
+    tree_position_ids,
+    verify_tree,
+    verify_tree_greedy,
+)
 
 __version__ = "0.1.0"
 
@@ -35,6 +47,14 @@ __all__ = [
     "ChainResult",
     "GUMBEL_OFFSET_STRIDE",
     "TopKSample",
+    "TreeResult",
+    "VERIFY_TREE_OFFSET_STRIDE",
+    "compact_tree_kv",
+    "tree_attention_bias",
+    "tree_attention_mask",
+    "tree_position_ids",
+    "verify_tree",
+    "verify_tree_greedy",
     "gumbel_topk",
     "stochastic_beam_step",
     "VERIFY_CHAIN_OFFSET_STRIDE",

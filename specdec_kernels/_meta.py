@@ -25,6 +25,18 @@ def _beam_step_fake(logits, beam_log_probs, beam_scores, beam_mask, width, tempe
     return ints, ints.clone(), floats, floats.clone()
 
 
+def _tree_fake(tokens, *_args, **_kwargs):
+    B, N = tokens.shape
+    return tokens.new_empty((B, N)), tokens.new_empty((B,)), tokens.new_empty((B, N))
+
+
+def _tree_mask_fake(parents, num_nodes, packed):
+    B, N = parents.shape
+    if packed:
+        return parents.new_empty((B, N, (N + 31) // 32), dtype=torch.int32)
+    return parents.new_empty((B, N, N), dtype=torch.bool)
+
+
 def register() -> None:
     torch.library.register_fake("specdec::verify_chain")(
         lambda draft_tokens, target_probs, draft_probs, num_draft, seed, offset, row_streams:
@@ -33,5 +45,10 @@ def register() -> None:
         lambda draft_tokens, target_logits, num_draft: _chain_fake(draft_tokens, target_logits))
     torch.library.register_fake("specdec::gumbel_topk")(_gumbel_topk_fake)
     torch.library.register_fake("specdec::stochastic_beam_step")(_beam_step_fake)
+    torch.library.register_fake("specdec::verify_tree")(_tree_fake)
+    torch.library.register_fake("specdec::verify_tree_greedy")(_tree_fake)
+    torch.library.register_fake("specdec::tree_attention_mask")(_tree_mask_fake)
+    torch.library.register_fake("specdec::tree_position_ids")(
+        lambda parents, prefix_len, num_nodes: parents.new_empty(parents.shape))
     torch.library.register_fake("specdec::sampling_probs")(
         lambda logits, temperature, top_k, top_p: logits.new_empty(logits.shape, dtype=torch.float32))

@@ -33,6 +33,7 @@ TRITON_MODULES = {
     "chain": "specdec_kernels.triton.chain",
     "sampling": "specdec_kernels.triton.sampling",
     "gumbel": "specdec_kernels.triton.gumbel",
+    "tree": "specdec_kernels.triton.tree",
 }
 
 

@@ -109,6 +109,41 @@ BeamDims check_beam_args(const at::Tensor& logits, const at::Tensor& beam_log_pr
   return {B, W, V};
 }
 
+TreeDims check_tree_args(const at::Tensor& parents, const std::optional<at::Tensor>& num_nodes) {
+  TORCH_CHECK(parents.dim() == 2, "parents must be [B, N], got ", parents.sizes());
+  TORCH_CHECK(parents.scalar_type() == at::kLong, "parents must be int64, got ", parents.scalar_type());
+  const int64_t B = parents.size(0), N = parents.size(1);
+  TORCH_CHECK(N >= 1 && N < (int64_t(1) << 31), "parents must have 1 <= N < 2^31, got N = ", N);
+  TORCH_CHECK(B < (int64_t(1) << 31), "parents must have B < 2^31");
+  if (num_nodes.has_value()) check_row_param(*num_nodes, B, at::kLong, "num_nodes", parents);
+  return {B, N, 0};
+}
+
+TreeDims check_tree_verify_args(const at::Tensor& tokens, const at::Tensor& parents,
+                                const at::Tensor& target, const std::optional<at::Tensor>& draft_probs,
+                                const std::optional<at::Tensor>& num_nodes, const char* target_name) {
+  TreeDims d = check_tree_args(parents, num_nodes);
+  TORCH_CHECK(tokens.dim() == 2 && tokens.size(0) == d.B && tokens.size(1) == d.N,
+              "tokens must be [B, N] = [", d.B, ", ", d.N, "], got ", tokens.sizes());
+  TORCH_CHECK(tokens.scalar_type() == at::kLong, "tokens must be int64, got ", tokens.scalar_type());
+  check_same_device(tokens, parents, "tokens");
+  TORCH_CHECK(target.dim() == 3 && target.size(0) == d.B && target.size(1) == d.N, target_name,
+              " must be [B, N, V] = [", d.B, ", ", d.N, ", V], got ", target.sizes());
+  check_probs_dtype(target, target_name);
+  check_same_device(target, parents, target_name);
+  d.V = target.size(2);
+  TORCH_CHECK(d.V >= 1 && d.V < (int64_t(1) << 31), target_name, " must have 1 <= V < 2^31, got V = ", d.V);
+  if (draft_probs.has_value()) {
+    const auto& q = *draft_probs;
+    TORCH_CHECK(q.dim() == 3 && q.size(0) == d.B && q.size(1) == d.N && q.size(2) == d.V,
+                "draft_probs must be [B, N, V] = [", d.B, ", ", d.N, ", ", d.V, "], got ", q.sizes());
+    TORCH_CHECK(q.scalar_type() == target.scalar_type(), "draft_probs must have the dtype of ",
+                target_name, " (", target.scalar_type(), "), got ", q.scalar_type());
+    check_same_device(q, parents, "draft_probs");
+  }
+  return d;
+}
+
 void check_max_k(int64_t k, int64_t limit, const char* name, const char* op) {
   TORCH_CHECK(k <= limit, op, " on CUDA supports ", name, " <= ", limit, ", got ", k,
               " (the Python op routes larger values to Triton)");

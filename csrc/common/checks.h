@@ -59,6 +59,19 @@ BeamDims check_beam_args(const at::Tensor& logits, const at::Tensor& beam_log_pr
                          int64_t width, const at::Tensor& temperature, const at::Tensor& seed,
                          const at::Tensor& offset);
 
+struct TreeDims {
+  int64_t B, N, V;
+};
+
+// parents [B, N] int64 with N >= 1, num_nodes [B] int64. Returns (B, N, 0).
+TreeDims check_tree_args(const at::Tensor& parents, const std::optional<at::Tensor>& num_nodes);
+
+// verify_tree / verify_tree_greedy: tokens [B, N] int64 like parents, target [B, N, V] of an accepted
+// dtype, draft_probs [B, N, V] of target's dtype, num_nodes [B] int64; all on one device.
+TreeDims check_tree_verify_args(const at::Tensor& tokens, const at::Tensor& parents,
+                                const at::Tensor& target, const std::optional<at::Tensor>& draft_probs,
+                                const std::optional<at::Tensor>& num_nodes, const char* target_name);
+
 // A backend limit on k / width (the CUDA kernels keep candidates in registers).
 void check_max_k(int64_t k, int64_t limit, const char* name, const char* op);
 

@@ -25,6 +25,24 @@ class ChainResult(NamedTuple):
     num_accepted: torch.Tensor
 
 
+class TreeResult(NamedTuple):
+    """Result of tree verification (:func:`specdec_kernels.verify_tree`, ``verify_tree_greedy``).
+
+    Fields:
+        tokens: int64 [B, N]. ``tokens[b, :n]`` are the accepted drafted tokens along the accepted
+            path (depth order), ``tokens[b, n]`` the correction (or the bonus token when the path
+            ends at a leaf), the rest -1.
+        num_accepted: int64 [B], ``n`` above. Each row emits ``num_accepted + 1`` tokens.
+        accepted_nodes: int64 [B, N]: the node indices of the accepted drafted nodes in depth
+            order (``accepted_nodes[b, :n]``; the root is not listed), then -1. Feed it to
+            :func:`specdec_kernels.compact_tree_kv`.
+    """
+
+    tokens: torch.Tensor
+    num_accepted: torch.Tensor
+    accepted_nodes: torch.Tensor
+
+
 class TopKSample(NamedTuple):
     """Result of :func:`specdec_kernels.gumbel_topk`: k distinct tokens per row, in draw order.
 

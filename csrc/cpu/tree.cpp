@@ -1,0 +1,322 @@
+// Tree ops on the CPU (ALGORITHMS.md §4-5; arithmetic spec in specdec_kernels/reference/tree.py):
+// at::parallel_for over requests. verify_tree walks the tree from the root; a node whose first
+// child is accepted costs two scalar reads. Full passes over V happen only where the math needs
+// them: the exact mass of the residual after a stochastic rejection that another sibling follows,
+// and the one final race (correction or bonus). The residual is recomputed from p and q in each
+// pass (closed form), so nothing of size V is ever stored.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "../common/checks.h"
+#include "../common/philox.h"
+#include "../common/sampling_math.h"
+#include "../common/tree_math.h"
+
+namespace specdec {
+namespace {
+
+// Exponential race over r(v) for v in [0, V) (ties to the smaller index); -1 when r is all zero.
+template <typename R>
+int64_t race(R r_of, int64_t V, const DrawKey& key) {
+  float best = 0.f;
+  int64_t best_idx = -1;
+  for (int64_t base = 0; base < V; base += 4) {
+    const int64_t n = std::min<int64_t>(4, V - base);
+    float r[4] = {0.f, 0.f, 0.f, 0.f};
+    bool any = false;
+    for (int64_t j = 0; j < n; ++j) {
+      r[j] = r_of(base + j);
+      any |= r[j] > 0.f;
+    }
+    if (!any) continue;  // a Philox block costs ~40 multiplies: skip blocks that cannot win
+    const Philox4 w = draw_block(key, static_cast<uint32_t>(base >> 2));
+    for (int64_t j = 0; j < n; ++j) {
+      const float k = race_key(r[j], word_to_uniform(pick_word(w, static_cast<uint32_t>(j))));
+      if (k > best) {
+        best = k;
+        best_idx = base + j;
+      }
+    }
+  }
+  return best_idx;
+}
+
+bool contains(const std::vector<int64_t>& s, int64_t x) {
+  return std::find(s.begin(), s.end(), x) != s.end();
+}
+
+// The next child of `node` after index `after` (children are the later valid nodes whose parent is
+// node, in index order), or -1.
+int64_t next_child(const int64_t* par, int64_t par_stride, int64_t node, int64_t after, int64_t n_valid) {
+  for (int64_t i = std::max(after, node) + 1; i < n_valid; ++i) {
+    if (par[i * par_stride] == node) return i;
+  }
+  return -1;
+}
+
+int64_t valid_count(const int64_t* nn, int64_t nn_stride, int64_t b, int64_t N) {
+  return nn ? std::clamp<int64_t>(nn[b * nn_stride], 1, N) : N;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cpu(
+    const at::Tensor& tokens, const at::Tensor& parents, const at::Tensor& target_probs_in,
+    const std::optional<at::Tensor>& draft_probs_in, const std::optional<at::Tensor>& num_nodes,
+    bool replacement, const at::Tensor& seed, const at::Tensor& offset, bool row_streams) {
+  const TreeDims d = check_tree_verify_args(tokens, parents, target_probs_in, draft_probs_in, num_nodes,
+                                            "target_probs");
+  check_chain_rng(seed, offset, d.B, target_probs_in);
+  const at::Tensor target_probs = unit_last_stride(target_probs_in);
+  std::optional<at::Tensor> draft_probs;
+  if (draft_probs_in.has_value()) draft_probs = unit_last_stride(*draft_probs_in);
+  const int64_t B = d.B, N = d.N, V = d.V;
+  at::Tensor out = at::full({B, N}, -1, tokens.options());
+  at::Tensor out_nodes = at::full({B, N}, -1, tokens.options());
+  at::Tensor num_accepted = at::empty({B}, tokens.options());
+  if (B == 0) return {out, num_accepted, out_nodes};
+
+  const auto tok = tokens.accessor<int64_t, 2>();
+  const auto par = parents.accessor<int64_t, 2>();
+  const int64_t* nn = num_nodes.has_value() ? num_nodes->data_ptr<int64_t>() : nullptr;
+  const int64_t nn_stride = num_nodes.has_value() ? num_nodes->stride(0) : 0;
+  const int64_t* seeds = seed.data_ptr<int64_t>();
+  const int64_t* offs = offset.data_ptr<int64_t>();
+  auto o_tok = out.accessor<int64_t, 2>();
+  auto o_nodes = out_nodes.accessor<int64_t, 2>();
+  int64_t* nacc = num_accepted.data_ptr<int64_t>();
+  const bool stochastic = draft_probs.has_value();
+  const bool exclude = !stochastic || !replacement;
+
+  SPECDEC_DISPATCH_PROBS(target_probs.scalar_type(), "verify_tree_cpu", [&] {
+    const scalar_t* P = target_probs.data_ptr<scalar_t>();
+    const scalar_t* Q = stochastic ? draft_probs->data_ptr<scalar_t>() : nullptr;
+    const int64_t pB = target_probs.stride(0), pN = target_probs.stride(1);
+    const int64_t qB = Q ? draft_probs->stride(0) : 0, qN = Q ? draft_probs->stride(1) : 0;
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<int64_t> removed;
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t n_valid = valid_count(nn, nn_stride, b, N);
+        const int64_t stream = row_streams ? b : 0;
+        const int64_t sd = seeds[b * seed.stride(0)], of = offs[b * offset.stride(0)];
+        const DrawKey accept_key = make_draw_key(sd, of, 0, stream);
+        const DrawKey sample_key = make_draw_key(sd, of, 1, stream);
+        const int64_t* prow_par = &par[b][0];
+        const int64_t par_stride = parents.stride(1);
+        int64_t node = 0, a = 0, y = -1;
+        while (true) {
+          const scalar_t* p = P + b * pB + node * pN;
+          const scalar_t* q = Q ? Q + b * qB + node * qN : nullptr;
+          int64_t child = next_child(prow_par, par_stride, node, node, n_valid);
+          if (child < 0) {  // leaf: bonus token from p
+            y = race([&](int64_t v) { return static_cast<float>(p[v]); }, V, sample_key);
+            break;
+          }
+          float scale = 0.f;
+          double mass = 1.0, q_sum = 0.0;
+          bool fresh = true;
+          removed.clear();
+          auto residual = [&](int64_t v) -> float {
+            const float pv = static_cast<float>(p[v]);
+            return q ? tree_residual(pv, static_cast<float>(q[v]), scale) : pv;
+          };
+          int64_t chosen = -1;
+          for (; child >= 0; child = next_child(prow_par, par_stride, node, child, n_valid)) {
+            const int64_t x = tok[b][child];
+            if (x < 0 || x >= V || (exclude && contains(removed, x))) continue;
+            if (!fresh) {
+              // Exact mass of the residual: the integer sums of its fixed-point words, minus the
+              // words of the excluded tokens (same words, so the difference is exact too).
+              int64_t hi = 0, lo = 0;
+              for (int64_t v = 0; v < V; ++v) fixed_point_add(residual(v), hi, lo);
+              for (const int64_t s : removed) {
+                int64_t shi = 0, slo = 0;
+                fixed_point_add(residual(s), shi, slo);
+                hi -= shi;
+                lo -= slo;
+              }
+              mass = fixed_point_value(hi, lo);
+              fresh = true;
+            }
+            const float r_x = residual(x);  // x is not excluded here
+            const float u = draw_uniform(accept_key, static_cast<uint32_t>(child - 1));
+            const bool ok = q ? tree_accept(u, static_cast<float>(q[x]), r_x, mass,
+                                            replacement ? 1.0 : 1.0 - q_sum)
+                              : tree_accept_onehot(u, r_x, mass);
+            if (ok) {
+              chosen = child;
+              break;
+            }
+            if (!q) {
+              removed.push_back(x);
+              mass -= static_cast<double>(r_x);
+            } else if (replacement) {
+              scale = tree_next_scale(scale, mass, 1.0);
+              fresh = false;
+            } else {
+              scale = tree_next_scale(scale, mass, 1.0 - q_sum);
+              q_sum += static_cast<double>(static_cast<float>(q[x]));
+              removed.push_back(x);
+              fresh = false;
+            }
+          }
+          if (chosen >= 0) {
+            o_tok[b][a] = tok[b][chosen];
+            o_nodes[b][a] = chosen;
+            ++a;
+            node = chosen;
+            continue;
+          }
+          y = race([&](int64_t v) { return contains(removed, v) ? 0.f : residual(v); }, V, sample_key);
+          // Residual of zero mass: measure zero for valid inputs; fall back to p.
+          if (y < 0) y = race([&](int64_t v) { return static_cast<float>(p[v]); }, V, sample_key);
+          break;
+        }
+        o_tok[b][a] = y < 0 ? 0 : y;
+        nacc[b] = a;
+      }
+    });
+  });
+  return {out, num_accepted, out_nodes};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_greedy_cpu(
+    const at::Tensor& tokens, const at::Tensor& parents, const at::Tensor& target_logits_in,
+    const std::optional<at::Tensor>& num_nodes) {
+  const TreeDims d = check_tree_verify_args(tokens, parents, target_logits_in, std::nullopt, num_nodes,
+                                            "target_logits");
+  const at::Tensor logits = unit_last_stride(target_logits_in);
+  const int64_t B = d.B, N = d.N, V = d.V;
+  at::Tensor out = at::full({B, N}, -1, tokens.options());
+  at::Tensor out_nodes = at::full({B, N}, -1, tokens.options());
+  at::Tensor num_accepted = at::empty({B}, tokens.options());
+  if (B == 0) return {out, num_accepted, out_nodes};
+  const auto tok = tokens.accessor<int64_t, 2>();
+  const auto par = parents.accessor<int64_t, 2>();
+  const int64_t* nn = num_nodes.has_value() ? num_nodes->data_ptr<int64_t>() : nullptr;
+  const int64_t nn_stride = num_nodes.has_value() ? num_nodes->stride(0) : 0;
+  auto o_tok = out.accessor<int64_t, 2>();
+  auto o_nodes = out_nodes.accessor<int64_t, 2>();
+  int64_t* nacc = num_accepted.data_ptr<int64_t>();
+  SPECDEC_DISPATCH_PROBS(logits.scalar_type(), "verify_tree_greedy_cpu", [&] {
+    const scalar_t* L = logits.data_ptr<scalar_t>();
+    const int64_t sB = logits.stride(0), sN = logits.stride(1);
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t n_valid = valid_count(nn, nn_stride, b, N);
+        const int64_t* prow_par = &par[b][0];
+        int64_t node = 0, a = 0, best_tok = 0;
+        while (true) {
+          // Argmax with ties to the smallest index; NaN never wins; an all -inf row gives 0.
+          const scalar_t* row = L + b * sB + node * sN;
+          float best = -std::numeric_limits<float>::infinity();
+          best_tok = 0;
+          for (int64_t v = 0; v < V; ++v) {
+            const float x = static_cast<float>(row[v]);
+            if (x > best) {
+              best = x;
+              best_tok = v;
+            }
+          }
+          int64_t match = -1;
+          for (int64_t c = next_child(prow_par, parents.stride(1), node, node, n_valid); c >= 0;
+               c = next_child(prow_par, parents.stride(1), node, c, n_valid)) {
+            if (tok[b][c] == best_tok) {
+              match = c;
+              break;
+            }
+          }
+          if (match < 0) break;
+          o_tok[b][a] = best_tok;
+          o_nodes[b][a] = match;
+          ++a;
+          node = match;
+        }
+        o_tok[b][a] = best_tok;
+        nacc[b] = a;
+      }
+    });
+  });
+  return {out, num_accepted, out_nodes};
+}
+
+// Node i's ancestors-or-self, walking up parent links; an invalid link (parent not in [0, i),
+// possible only with check=False) ends the walk. Padding nodes see only themselves.
+template <typename F>
+void walk_up(const int64_t* par, int64_t stride, int64_t i, int64_t n_valid, F visit) {
+  visit(i);
+  if (i >= n_valid) return;
+  while (i > 0) {
+    const int64_t pi = par[i * stride];
+    if (pi < 0 || pi >= i) return;
+    visit(pi);
+    i = pi;
+  }
+}
+
+at::Tensor tree_attention_mask_cpu(const at::Tensor& parents, const std::optional<at::Tensor>& num_nodes,
+                                   bool packed) {
+  const TreeDims d = check_tree_args(parents, num_nodes);
+  const int64_t B = d.B, N = d.N, W = (N + 31) / 32;
+  at::Tensor mask = packed ? at::zeros({B, N, W}, parents.options().dtype(at::kInt))
+                           : at::zeros({B, N, N}, parents.options().dtype(at::kBool));
+  if (B == 0) return mask;
+  const auto par = parents.accessor<int64_t, 2>();
+  const int64_t* nn = num_nodes.has_value() ? num_nodes->data_ptr<int64_t>() : nullptr;
+  const int64_t nn_stride = num_nodes.has_value() ? num_nodes->stride(0) : 0;
+  const int64_t ps = parents.stride(1);
+  at::parallel_for(0, B * N, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / N, i = r % N;
+      const int64_t n_valid = valid_count(nn, nn_stride, b, N);
+      if (packed) {
+        int32_t* row = mask.data_ptr<int32_t>() + r * W;
+        walk_up(&par[b][0], ps, i, n_valid, [&](int64_t j) {
+          row[j >> 5] = static_cast<int32_t>(static_cast<uint32_t>(row[j >> 5]) | (1u << (j & 31)));
+        });
+      } else {
+        bool* row = mask.data_ptr<bool>() + r * N;
+        walk_up(&par[b][0], ps, i, n_valid, [&](int64_t j) { row[j] = true; });
+      }
+    }
+  });
+  return mask;
+}
+
+at::Tensor tree_position_ids_cpu(const at::Tensor& parents, const at::Tensor& prefix_len,
+                                 const std::optional<at::Tensor>& num_nodes) {
+  const TreeDims d = check_tree_args(parents, num_nodes);
+  check_row_param(prefix_len, d.B, at::kLong, "prefix_len", parents);
+  const int64_t B = d.B, N = d.N;
+  at::Tensor pos = at::empty({B, N}, parents.options());
+  if (B == 0) return pos;
+  const auto par = parents.accessor<int64_t, 2>();
+  const int64_t* nn = num_nodes.has_value() ? num_nodes->data_ptr<int64_t>() : nullptr;
+  const int64_t nn_stride = num_nodes.has_value() ? num_nodes->stride(0) : 0;
+  const int64_t* pre = prefix_len.data_ptr<int64_t>();
+  int64_t* out = pos.data_ptr<int64_t>();
+  const int64_t ps = parents.stride(1);
+  at::parallel_for(0, B * N, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / N, i = r % N;
+      int64_t depth = -1;
+      walk_up(&par[b][0], ps, i, valid_count(nn, nn_stride, b, N), [&](int64_t) { ++depth; });
+      out[r] = pre[b * prefix_len.stride(0)] + depth;
+    }
+  });
+  return pos;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(specdec, CPU, m) {
+  m.impl("verify_tree", &verify_tree_cpu);
+  m.impl("verify_tree_greedy", &verify_tree_greedy_cpu);
+  m.impl("tree_attention_mask", &tree_attention_mask_cpu);
+  m.impl("tree_position_ids", &tree_position_ids_cpu);
+}
+
+}  // namespace specdec

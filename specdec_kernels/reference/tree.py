@@ -1,0 +1,274 @@
+"""Plain-PyTorch ground truth for the tree ops (ALGORITHMS.md §4-5): the arithmetic spec in code.
+
+Tree format (every tree op): ``parents`` int64 [B, N], ``parents[b, 0] = -1`` (node 0 is the root:
+the last committed token), ``0 <= parents[b, i] < i`` for ``1 <= i < num_nodes[b]``; nodes at or
+beyond ``num_nodes[b]`` are padding. The children of a node are the valid nodes whose parent it is,
+in increasing index order (= draw order). Every backend walks only to LATER indices (children of
+node n are searched among n+1..num_nodes-1), so even an invalid tree passed with check=False ends.
+
+verify_tree, per request (recursive rejection sampling, ALGORITHMS.md §4). Randomness: Philox
+draw ``offset`` (slot 0) gives child node i its acceptance uniform u_i at element i - 1 (each node
+is tested at most once); draw ``offset + 1`` (slot 1) gives the one final sample its uniforms at
+element = vocabulary index. Streams as verify_chain (``VERIFY_TREE_OFFSET_STRIDE`` = 2). With
+those choices a one-child-per-node tree gives exactly verify_chain's draws and decisions.
+
+At node n with target row p and (stochastic drafts) draft row q, the residual after k rejected
+children is kept in closed form, never stored: with a float32 scale C_k,
+
+    r_k(x) = fl32(max(0, p(x) - C_k * q(x)))        (products and differences in float64;
+                                                     C_k * q(x) is exact there, so an FMA or not
+                                                     gives the same bits on every backend)
+    r_k(x) = 0 for x in S_k                         (tokens already rejected, when excluded)
+
+because max(0, max(0, p - a q) - b q) = max(0, p - (a + b) q). Its mass R_k is a float64. R_0 = 1
+(target rows are distributions; with one child per node this is verify_chain's test). After a
+stochastic rejection R_{k+1} is the EXACT sum of r_{k+1} in 2^-64 fixed point (two int64 words
+per element, summed as integers): integer sums do not depend on the order of the reduction, so
+sequential and parallel backends get the same bits, and the truncation error is below V * 2^-64.
+
+Child k of n (token x = tokens[i], uniform u = u_i):
+    stochastic:  a = fl32(u * q(x));  accept iff  a * R_k < r_k(x) * (1 - Q_k)   (float64)
+                 Q_k = sum of q over S_k (float64, in sibling order); with replacement Q_k := 0.
+    one-hot q:   accept iff  u * R_k < r_k(x)                                      (float64)
+On rejection:
+    without replacement:  C_{k+1} = fl32(min(C_k + R_k / (1 - Q_k), FLT_MAX)) (FLT_MAX if
+                          1 - Q_k <= 0), Q_{k+1} = Q_k + q(x), S_{k+1} = S_k + {x}
+    with replacement:     C_{k+1} = fl32(min(C_k + R_k, FLT_MAX)); nothing excluded
+    one-hot q (either):   S_{k+1} = S_k + {x}, R_{k+1} = R_k - r_k(x)   (no pass over V)
+A child whose token is out of range, or already in S_k (duplicates: only with check=False), is
+rejected without changing the state. The first accepted child is descended into; when every child
+is rejected the correction is the exponential race over r_m (slot-1 uniforms; if r_m is all zero,
+the race over p; if p is all zero too, token 0); at a leaf the bonus is the race over p.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..ops._common import SeedLike, TreeResult, chain_rng_rows
+from ._philox import draw_uniform
+from .chain import sample_race
+
+_FLT_MAX = float(torch.finfo(torch.float32).max)
+_TWO32 = 4294967296.0
+
+
+def fixed_point_sum(r: torch.Tensor) -> float:
+    """Exact, order-independent sum of non-negative float32 values in 2^-64 fixed point.
+
+    Each value (clamped to 1, which only an invalid probability exceeds) splits into
+    hi = floor(r * 2^32) and lo = floor(r * 2^64) - hi * 2^32, both exact in float64; the words are
+    summed as int64 integers (no overflow below V = 2^21) and combined once in float64.
+    """
+    r64 = torch.clamp(r.to(torch.float32), max=1.0).to(torch.float64)
+    hi = (r64 * _TWO32).to(torch.int64)  # truncation = floor for r >= 0
+    lo = (r64 * (_TWO32 * _TWO32) - hi.to(torch.float64) * _TWO32).to(torch.int64)
+    return float(hi.sum().to(torch.float64) * (1.0 / _TWO32)
+                 + lo.sum().to(torch.float64) * (1.0 / (_TWO32 * _TWO32)))
+
+
+def residual_row(p: torch.Tensor, q: torch.Tensor | None, scale: float,
+                 removed: torch.Tensor) -> torch.Tensor:
+    """r(x) = fl32(max(0, p - scale * q)) in float64 arithmetic (p with no q), 0 where removed."""
+    if q is None:
+        r = p.clone()
+    else:
+        r = torch.clamp(p.double() - float(scale) * q.double(), min=0.0).to(torch.float32)
+    r[removed] = 0.0
+    return r
+
+
+def _f32(v: float) -> float:
+    return float(torch.tensor(v, dtype=torch.float64).to(torch.float32))
+
+
+def _children(par: list[int], node: int, n_valid: int) -> list[int]:
+    return [i for i in range(node + 1, n_valid) if par[i] == node]
+
+
+def _valid_count(num_nodes: torch.Tensor | None, b: int, N: int) -> int:
+    return N if num_nodes is None else min(max(int(num_nodes[b]), 1), N)
+
+
+def verify_tree(
+    tokens: torch.Tensor,
+    parents: torch.Tensor,
+    target_probs: torch.Tensor,
+    draft_probs: torch.Tensor | None = None,
+    *,
+    num_nodes: torch.Tensor | None = None,
+    replacement: bool = False,
+    seed: SeedLike = None,
+    offset: int | torch.Tensor = 0,
+    check: bool = True,
+    generator: torch.Generator | None = None,
+) -> TreeResult:
+    """Reference of :func:`specdec_kernels.verify_tree` (same arguments, same result)."""
+    from ..ops.tree import _check_verify_tree
+
+    B, N, V, nn = _check_verify_tree(tokens, parents, target_probs, draft_probs, num_nodes,
+                                     replacement, check)
+    seeds, offsets, streams = chain_rng_rows(seed, offset, B, target_probs.device, generator)
+    out = torch.full((B, N), -1, dtype=torch.long)
+    out_nodes = torch.full((B, N), -1, dtype=torch.long)
+    num_accepted = torch.zeros(B, dtype=torch.long)
+    P = target_probs.detach().cpu().float()
+    Q = None if draft_probs is None else draft_probs.detach().cpu().float()
+    tok = tokens.cpu().tolist()
+    par = parents.cpu().tolist()
+    exclude = Q is None or not replacement
+    for b in range(B):
+        n_valid = _valid_count(nn, b, N)
+        s, o, st = seeds[b].cpu(), offsets[b].cpu(), streams[b].cpu()
+        u_accept = draw_uniform(s, o, 0, st, torch.arange(max(N - 1, 1))).tolist()
+        u_sample = draw_uniform(s, o, 1, st, torch.arange(V))
+        node, a = 0, 0
+        while True:
+            kids = _children(par[b], node, n_valid)
+            p = P[b, node]
+            if not kids:  # leaf: bonus token from p
+                y = sample_race(p, u_sample)
+                break
+            q = None if Q is None else Q[b, node]
+            scale, mass, q_sum, fresh = 0.0, 1.0, 0.0, True
+            removed = torch.zeros(V, dtype=torch.bool)
+            chosen = -1
+            for i in kids:
+                x = tok[b][i]
+                if not 0 <= x < V or (exclude and bool(removed[x])):
+                    continue  # rejected unread, state unchanged
+                if not fresh:
+                    mass = fixed_point_sum(residual_row(p, q, scale, removed))
+                    fresh = True
+                r_x = 0.0 if bool(removed[x]) else float(residual_row(p[x:x + 1], None if q is None
+                                                                      else q[x:x + 1], scale,
+                                                                      torch.zeros(1, dtype=torch.bool)))
+                u = u_accept[i - 1]
+                if q is None:
+                    ok = u * mass < r_x
+                else:
+                    a32 = _f32(u * float(q[x]))  # float32 product, as verify_chain's u * q
+                    ok = a32 * mass < r_x * (1.0 if replacement else 1.0 - q_sum)
+                if ok:
+                    chosen = i
+                    break
+                if q is None:
+                    removed[x] = True
+                    mass = mass - r_x
+                elif replacement:
+                    scale = _f32(min(scale + mass, _FLT_MAX))
+                    fresh = False
+                else:
+                    den = 1.0 - q_sum
+                    scale = _f32(min(scale + mass / den, _FLT_MAX)) if den > 0 else _FLT_MAX
+                    q_sum = q_sum + float(q[x])
+                    removed[x] = True
+                    fresh = False
+            if chosen >= 0:
+                out[b, a] = tok[b][chosen]
+                out_nodes[b, a] = chosen
+                a += 1
+                node = chosen
+                continue
+            y = sample_race(residual_row(p, q, scale, removed), u_sample)
+            if y < 0:  # residual of zero mass: measure zero for valid inputs
+                y = sample_race(p, u_sample)
+            break
+        out[b, a] = max(y, 0)
+        num_accepted[b] = a
+    dev = tokens.device
+    return TreeResult(out.to(dev), num_accepted.to(dev), out_nodes.to(dev))
+
+
+def verify_tree_greedy(
+    tokens: torch.Tensor,
+    parents: torch.Tensor,
+    target_logits: torch.Tensor,
+    *,
+    num_nodes: torch.Tensor | None = None,
+    check: bool = True,
+) -> TreeResult:
+    """Reference of :func:`specdec_kernels.verify_tree_greedy`."""
+    from ..ops.tree import _check_verify_tree_greedy
+
+    B, N, V, nn = _check_verify_tree_greedy(tokens, parents, target_logits, num_nodes, check)
+    out = torch.full((B, N), -1, dtype=torch.long)
+    out_nodes = torch.full((B, N), -1, dtype=torch.long)
+    num_accepted = torch.zeros(B, dtype=torch.long)
+    L = target_logits.detach().cpu().float()
+    tok = tokens.cpu().tolist()
+    par = parents.cpu().tolist()
+    for b in range(B):
+        n_valid = _valid_count(nn, b, N)
+        node, a = 0, 0
+        while True:
+            row = torch.where(torch.isnan(L[b, node]), float("-inf"), L[b, node])
+            best = int(torch.argmax(row))  # first maximum
+            match = [i for i in _children(par[b], node, n_valid) if tok[b][i] == best]
+            if not match:
+                break
+            out[b, a] = best
+            out_nodes[b, a] = match[0]
+            a += 1
+            node = match[0]
+        out[b, a] = best
+        num_accepted[b] = a
+    dev = tokens.device
+    return TreeResult(out.to(dev), num_accepted.to(dev), out_nodes.to(dev))
+
+
+def _ancestors(par: list[int], i: int, n_valid: int) -> list[int]:
+    """i and its ancestors; an invalid parent link (check=False) ends the walk."""
+    if i >= n_valid:
+        return [i]
+    out = [i]
+    while i > 0:
+        pi = par[i]
+        if not 0 <= pi < i:
+            break
+        out.append(pi)
+        i = pi
+    return out
+
+
+def tree_attention_mask(parents: torch.Tensor, *, num_nodes: torch.Tensor | None = None,
+                        packed: bool = False, check: bool = True) -> torch.Tensor:
+    """Reference of :func:`specdec_kernels.tree_attention_mask` (brute force: walk every node up)."""
+    from ..ops.tree import _check_tree_only
+
+    B, N, nn = _check_tree_only(parents, num_nodes, check)
+    par = parents.cpu().tolist()
+    mask = torch.zeros(B, N, N, dtype=torch.bool)
+    for b in range(B):
+        n_valid = _valid_count(nn, b, N)
+        for i in range(N):
+            mask[b, i, _ancestors(par[b], i, n_valid)] = True
+    if packed:
+        mask = pack_bits(mask)
+    return mask.to(parents.device)
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """bool [..., N] -> int32 [..., ceil(N/32)], bit j % 32 of word j // 32 (little-endian)."""
+    N = mask.shape[-1]
+    W = (N + 31) // 32
+    padded = torch.zeros(*mask.shape[:-1], W * 32, dtype=torch.int64, device=mask.device)
+    padded[..., :N] = mask.to(torch.int64)
+    words = (padded.reshape(*mask.shape[:-1], W, 32) << torch.arange(32, device=mask.device)).sum(-1)
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+
+
+def tree_position_ids(parents: torch.Tensor, prefix_len: int | torch.Tensor, *,
+                      num_nodes: torch.Tensor | None = None, check: bool = True) -> torch.Tensor:
+    """Reference of :func:`specdec_kernels.tree_position_ids`."""
+    from ..ops.tree import _check_tree_only, _prefix_rows
+
+    B, N, nn = _check_tree_only(parents, num_nodes, check)
+    prefix = _prefix_rows(prefix_len, B, parents.device).cpu()
+    par = parents.cpu().tolist()
+    out = torch.zeros(B, N, dtype=torch.long)
+    for b in range(B):
+        n_valid = _valid_count(nn, b, N)
+        for i in range(N):
+            out[b, i] = int(prefix[b]) + len(_ancestors(par[b], i, n_valid)) - 1
+    return out.to(parents.device)
