@@ -132,7 +132,7 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy"],
     extras_require={
-        "test": ["pytest>=7", "pytest-benchmark>=4", "scipy", "hypothesis", "ruff"],
+        "test": ["pytest>=7", "pytest-benchmark>=4", "scipy", "hypothesis", "ruff", "transformers>=4.45"],
         "llava": ["transformers>=4.45", "pillow"],
     },
     ext_modules=_extensions(),

@@ -52,6 +52,11 @@ CLAIM_SHAPE = (8, 5, 32000)
 # its CPU claim (fused >= 5x the reference) is at R = 64, k = 8, V = 32000.
 ROW_K_OPS = {"gumbel_topk", "stochastic_beam_step"}
 ROW_K_CLAIM = (64, 8, 32000)
+# Tree verification (issue 4) on its own grid of (B, nodes N, V), in the Case fields (B, K, V):
+# N in {6, 14, 30, 64} (complete binary trees in BFS order), V in {32000, 128256}, B in {1, 16, 64};
+# its CPU claim (fused >= 5x the reference) is a 15-node binary tree at B = 8, V = 32000.
+TREE_OPS = {"verify_tree", "verify_tree_greedy"}
+TREE_CLAIM = (8, 15, 32000)
 # Rows compared with the reference before timing: the reference is a Python loop, and rows are
 # independent (seed tensors give every row its own stream), so a prefix checks the kernel.
 CHECK_ROWS = 4
@@ -153,7 +158,8 @@ class Case:
 
     @property
     def claim(self) -> bool:
-        shape = ROW_K_CLAIM if self.op in ROW_K_OPS else CLAIM_SHAPE
+        shape = (ROW_K_CLAIM if self.op in ROW_K_OPS else TREE_CLAIM if self.op in TREE_OPS
+                 else CLAIM_SHAPE)
         return self.device == "cpu" and (self.B, self.K, self.V) == shape and self.dtype == "float32"
 
 
@@ -166,6 +172,14 @@ def row_k_grid(device: str) -> list[tuple[int, int, int]]:
     return [(1, 8, 32000), (16, 2, 32000), (16, 16, 32000), (16, 8, 128256)]
 
 
+def tree_grid(device: str) -> list[tuple[int, int, int]]:
+    """(B, N, V) shapes of the tree-verification ops on ``device``."""
+    if device == "cuda" or _env_flag("SPECDEC_BENCH_FULL"):
+        return [(B, N, V) for V in (32000, 128256) for B in (1, 16, 64) for N in (6, 14, 30, 64)]
+    # CPU: B x N x V float32 inputs of a few hundred MB at most.
+    return [(1, 14, 32000), (16, 6, 32000), (16, 30, 32000), (4, 64, 128256)]
+
+
 def cases(op: str, variants: list[str]) -> list[Case]:
     """The grid on the bench device, plus the issue's fixed CPU case (always measured)."""
     dev = bench_device()
@@ -173,8 +187,9 @@ def cases(op: str, variants: list[str]) -> list[Case]:
     if dev == "cuda" and not torch.cuda.is_available():
         return out  # every benchmark is then reported as skipped (see pytest_generate_tests)
     row_k = op in ROW_K_OPS
+    tree = op in TREE_OPS
     for dt in dtypes():
-        for B, K, V in (row_k_grid(dev) if row_k else grid(dev)):
+        for B, K, V in (row_k_grid(dev) if row_k else tree_grid(dev) if tree else grid(dev)):
             for variant in variants:
                 for be in backends(dev):
                     # The reference is a Python loop over requests: on CUDA it is no contender,
@@ -182,7 +197,7 @@ def cases(op: str, variants: list[str]) -> list[Case]:
                     if be == "reference" and dev == "cuda" and B > 1:
                         continue
                     out.append(Case(op, variant, be, dev, B, K, V, dt))
-    B, K, V = ROW_K_CLAIM if row_k else CLAIM_SHAPE
+    B, K, V = ROW_K_CLAIM if row_k else TREE_CLAIM if tree else CLAIM_SHAPE
     for variant in variants:
         for be in ("reference", "cpu"):
             c = Case(op, variant, be, "cpu", B, K, V, "float32")
@@ -234,8 +249,8 @@ _INPUT_CACHE: dict[tuple, Inputs] = {}
 INPUT_CACHE_BYTES = 4 * 2**30 if torch.cuda.is_available() else 2 * 2**30
 
 
-def _nbytes(inp: Inputs) -> int:
-    return sum(t.numel() * t.element_size() for t in (inp.x, inp.p, inp.q, inp.z))
+def _nbytes(inp: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in vars(inp).values() if isinstance(t, torch.Tensor))
 
 
 def make_inputs(device: str, B: int, K: int, V: int, dtype: str, seed: int = 0) -> Inputs:
@@ -335,6 +350,88 @@ def check_same_samples(out: tuple, ref: tuple, int_fields: int) -> None:
             assert torch.equal(o, r.cpu()), f"field {i} differs from the reference"
         else:
             torch.testing.assert_close(o, r.cpu(), rtol=1e-5, atol=1e-4)
+
+
+@dataclass
+class TreeInputs:
+    """Tree inputs of one shape: a complete binary tree in BFS order (parents[i] = (i-1) // 2)
+    whose siblings are distinct tokens drawn WITHOUT replacement (Gumbel-top-2) from the draft row
+    of their parent; target probs p, draft probs q and target logits z [B, N, V]; seed tensor [B]."""
+
+    tokens: torch.Tensor
+    parents: torch.Tensor
+    p: torch.Tensor
+    q: torch.Tensor
+    z: torch.Tensor
+    seed: torch.Tensor
+    offset: torch.Tensor
+
+
+def make_tree_inputs(device: str, B: int, N: int, V: int, dtype: str) -> TreeInputs:
+    """Realistic tree inputs: rows as in :func:`make_inputs` (one node per row), cached with it."""
+    key = ("tree", device, B, N, V, dtype)
+    if key in _INPUT_CACHE:
+        return _INPUT_CACHE[key]
+    base = make_inputs(device, B, N - 1, V, dtype, seed=7)  # p, z: [B, N, V]; q: [B, N-1, V]
+    z = base.z.float()
+    g = torch.Generator(device=device).manual_seed(8)
+    q = torch.softmax(z + torch.randn(B, N, V, generator=g, device=device), -1)
+    parents = ((torch.arange(N, device=device) - 1) // 2).expand(B, N).contiguous()
+    parents[:, 0] = -1
+    tokens = torch.zeros(B, N, dtype=torch.long, device=device)
+    for n in range((N - 1 + 1) // 2):  # internal nodes: children 2n+1, 2n+2
+        kids = [c for c in (2 * n + 1, 2 * n + 2) if c < N]
+        if not kids:
+            continue
+        u = torch.rand(B, V, generator=g, device=device).clamp_min(1e-20)
+        tokens[:, kids] = torch.topk(torch.log(q[:, n]) - torch.log(-torch.log(u)), len(kids), -1).indices
+    dt = _DTYPES[dtype]
+    inp = TreeInputs(tokens=tokens, parents=parents, p=base.p, q=q.to(dt), z=base.z,
+                     seed=torch.arange(B, dtype=torch.int64, device=device) + 99,
+                     offset=torch.zeros((), dtype=torch.int64, device=device))
+    _INPUT_CACHE[key] = inp
+    return inp
+
+
+def tree_bytes(out: sk.TreeResult, parents: torch.Tensor, V: int, dtype: str, draft_probs: bool) -> int:
+    """Bytes tree verification must move, from its actual result (a lower bound for every method).
+
+    Per request: the tree (parents and tokens, int64), seed and offset, the scalars p(x) (and q(x))
+    of each child tested on the accepted path, ONE full row for the final token (the row of p
+    where it stopped, plus that row of q for a correction from the residual; the bonus at a leaf
+    needs p only), and the outputs (2N + 1 int64). The residual-mass passes RSD needs after a
+    rejection followed by a sibling are extra work of the method, not counted.
+    """
+    e = elt(dtype)
+    B, N = parents.shape
+    par = parents.cpu()
+    nacc = out.num_accepted.cpu().tolist()
+    nodes = out.accepted_nodes.cpu()
+    total = 0
+    for b in range(B):
+        n = nacc[b]
+        last = int(nodes[b, n - 1]) if n > 0 else 0
+        path = [0] + nodes[b, :n].tolist()
+        tested = sum(int((par[b] == v).sum()) for v in path)
+        has_kids = bool((par[b] == last).any())
+        total += 2 * N * 8 + 2 * 8 + tested * (2 if draft_probs else 1) * e
+        total += (2 if (draft_probs and has_kids) else 1) * V * e
+        total += (2 * N + 1) * 8
+    return total
+
+
+def tree_greedy_bytes(out: sk.TreeResult, N: int, V: int, dtype: str) -> int:
+    """Greedy tree verification: the argmax of every row on the accepted path (n + 1 rows), the
+    tree (parents and tokens), and the outputs."""
+    e = elt(dtype)
+    return sum((n + 1) * V * e + 2 * N * 8 + (2 * N + 1) * 8 for n in out.num_accepted.tolist())
+
+
+def check_tree(out: sk.TreeResult, ref: sk.TreeResult) -> None:
+    """Equal to the reference on the rows it was computed for (all three fields)."""
+    m = ref.tokens.shape[0]
+    for name, o, r in zip(out._fields, out, ref, strict=True):
+        assert torch.equal(o[:m].cpu(), r.cpu()), f"{name} differs from the reference"
 
 
 def sampling_bytes(rows: int, V: int, dtype: str) -> int:

@@ -2,6 +2,10 @@
 
 from .chain import verify_chain, verify_chain_greedy
 from .gumbel import gumbel_topk, stochastic_beam_step
+from .kv_cache import compact_tree_kv
 from .sampling import sampling_probs
+from .tree import tree_attention_mask, tree_position_ids, verify_tree, verify_tree_greedy
 
-__all__ = ["gumbel_topk", "sampling_probs", "stochastic_beam_step", "verify_chain", "verify_chain_greedy"]
+__all__ = ["compact_tree_kv", "gumbel_topk", "sampling_probs", "stochastic_beam_step",
+           "tree_attention_mask", "tree_position_ids", "verify_chain", "verify_chain_greedy",
+           "verify_tree", "verify_tree_greedy"]
