@@ -27,7 +27,9 @@ from specdec_kernels import _backend, reference
 TIME_B, TIME_K, TIME_V = 8, 5, 32000
 SAMPLING_KW: dict[str, Any] = {"temperature": 0.8, "top_k": 50, "top_p": 0.9}
 OPS = ("verify_chain", "verify_chain[draft_probs=None]", "verify_chain_greedy", "sampling_probs",
-       "gumbel_topk", "stochastic_beam_step")
+       "gumbel_topk", "stochastic_beam_step", "verify_tree", "verify_tree[draft_probs=None]",
+       "verify_tree_greedy", "tree_attention_mask", "tree_position_ids")
+TREE_OPS = ("verify_tree", "verify_tree[draft_probs=None]", "verify_tree_greedy")
 # Sampling without replacement: k tokens per row of the [B * (K+1), V] logits; one SBS step with
 # the K+1 rows of a request as its beams.
 TOPK_K = 4
@@ -55,8 +57,22 @@ def make_case(B: int, K: int, V: int, device: torch.device, ragged: bool, seed: 
         num_draft[-1] = K // 2
         x[-1, K // 2:] = -1
     phi = -0.5 * torch.arange(K + 1, dtype=torch.float32).expand(B, K + 1)  # beams' log q and G
+    # A tree over the same K+1 target rows: a binary heap (parents[i] = (i-1) // 2, the last
+    # request ragged like num_draft) whose siblings are distinct draws from a noisy draft row.
+    N = K + 1
+    tq = torch.softmax(z + torch.randn(B, N, V, generator=g), -1)
+    parents = ((torch.arange(N) - 1) // 2).expand(B, N).clone()
+    parents[:, 0] = -1
+    tokens = torch.zeros(B, N, dtype=torch.long)
+    for n in range(N):
+        kids = [c for c in (2 * n + 1, 2 * n + 2) if c < N]
+        if kids:
+            gum = -torch.log(-torch.log(torch.rand(B, V, generator=g).clamp_min(1e-20)))
+            tokens[:, kids] = torch.topk(torch.log(tq[:, n]) + gum, len(kids), -1).indices
     case = {k: v.to(device) for k, v in {"x": x, "p": torch.softmax(z, -1), "q": q, "z": z,
-                                          "phi": phi, "G": phi + 0.25}.items()}
+                                          "phi": phi, "G": phi + 0.25, "tq": tq, "parents": parents,
+                                          "tokens": tokens}.items()}
+    case["num_nodes"] = None if num_draft is None else num_draft + 1
     case["num_draft"] = num_draft
     return case
 
@@ -67,6 +83,7 @@ def op_calls(case: dict[str, Any]) -> dict[str, tuple[Callable[[], Any], Callabl
     x, p, q, z, nd = case["x"], case["p"], case["q"], case["z"], case["num_draft"]
     rows = z.reshape(-1, z.shape[-1])
     phi, G = case["phi"], case["G"]
+    tok, par, tq, nn = case["tokens"], case["parents"], case["tq"], case["num_nodes"]
     return {
         "verify_chain": (
             lambda: sk.verify_chain(x, p, q, num_draft=nd, seed=7, offset=4, check=False),
@@ -93,6 +110,26 @@ def op_calls(case: dict[str, Any]) -> dict[str, tuple[Callable[[], Any], Callabl
                                             check=False),
             lambda: reference.stochastic_beam_step(z, phi, G, TOPK_K, temperature=0.8, seed=7, offset=4),
         ),
+        "verify_tree": (
+            lambda: sk.verify_tree(tok, par, p, tq, num_nodes=nn, seed=7, offset=4, check=False),
+            lambda: reference.verify_tree(tok, par, p, tq, num_nodes=nn, seed=7, offset=4),
+        ),
+        "verify_tree[draft_probs=None]": (
+            lambda: sk.verify_tree(tok, par, p, None, num_nodes=nn, seed=7, offset=4, check=False),
+            lambda: reference.verify_tree(tok, par, p, None, num_nodes=nn, seed=7, offset=4),
+        ),
+        "verify_tree_greedy": (
+            lambda: sk.verify_tree_greedy(tok, par, z, num_nodes=nn, check=False),
+            lambda: reference.verify_tree_greedy(tok, par, z, num_nodes=nn),
+        ),
+        "tree_attention_mask": (
+            lambda: sk.tree_attention_mask(par, num_nodes=nn, packed=True, check=False),
+            lambda: reference.tree_attention_mask(par, num_nodes=nn, packed=True),
+        ),
+        "tree_position_ids": (
+            lambda: sk.tree_position_ids(par, 11, num_nodes=nn, check=False),
+            lambda: reference.tree_position_ids(par, 11, num_nodes=nn),
+        ),
     }
 
 
@@ -102,6 +139,10 @@ def same(op: str, got: Any, want: Any) -> bool:
         exact = all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(got[:n_int], want[:n_int], strict=True))
         return exact and all(torch.allclose(a.cpu(), b.cpu(), rtol=1e-5, atol=1e-5)
                              for a, b in zip(got[n_int:], want[n_int:], strict=True))
+    if op in TREE_OPS:
+        return all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(got, want, strict=True))
+    if op in ("tree_attention_mask", "tree_position_ids"):
+        return torch.equal(got.cpu(), want.cpu())
     if op == "sampling_probs":
         return got.shape == want.shape and bool(torch.allclose(got.cpu(), want.cpu(), rtol=1e-5, atol=1e-5))
     return torch.equal(got.tokens.cpu(), want.tokens.cpu()) and torch.equal(
@@ -110,8 +151,8 @@ def same(op: str, got: Any, want: Any) -> bool:
 
 def self_check(device: torch.device, backends: list[str]) -> bool:
     """Every op x backend against the reference on a small ragged case; prints PASS/FAIL."""
-    print(f"\nself-check on {device.type} (B=4, K=3, V=97, ragged num_draft; chain, tokens, parents: "
-          f"exact; probabilities, log probs, scores: allclose 1e-5)")
+    print(f"\nself-check on {device.type} (B=4, K=3, V=97, ragged num_draft; 4-node trees, ragged; tokens, "
+          f"parents, nodes, masks: exact; probabilities, log probs, scores: allclose 1e-5)")
     calls = op_calls(make_case(4, 3, 97, device, ragged=True, seed=1))
     ok = True
     for op, (fn, ref_fn) in calls.items():
@@ -147,7 +188,8 @@ def median_us(fn: Callable[[], Any], device: torch.device, reps: int, budget_s: 
 def timing_table(device: torch.device, backends: list[str]) -> bool:
     print(f"\ntiming on {device.type}: B={TIME_B}, K={TIME_K}, V={TIME_V}, float32, median of "
           f"synchronised eager calls in us (sampling_probs: {SAMPLING_KW}; gumbel_topk: k={TOPK_K} over "
-          f"the B*(K+1) rows; stochastic_beam_step: width {TOPK_K}, W=K+1 beams)")
+          f"the B*(K+1) rows; stochastic_beam_step: width {TOPK_K}, W=K+1 beams; trees: a binary heap "
+          f"of K+1 nodes over the same rows)")
     calls = op_calls(make_case(TIME_B, TIME_K, TIME_V, device, ragged=False))
     print(f"  {'op':32s} " + " ".join(f"{b:>18s}" for b in backends))
     ok = True
@@ -213,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         if not forced:
             defaults = {op: _backend.select(op, torch.device(d))
                         for op in ("verify_chain", "verify_chain_greedy", "sampling_probs", "gumbel_topk",
-                                   "stochastic_beam_step")}
+                                   "stochastic_beam_step", "verify_tree", "verify_tree_greedy",
+                                   "tree_attention_mask", "tree_position_ids")}
             kinds = set(defaults.values())
             line += (f" (default: {kinds.pop()})" if len(kinds) == 1 else
                      " (defaults: " + ", ".join(f"{o}={b}" for o, b in defaults.items()) + ")")

@@ -26,6 +26,8 @@ BACKENDS = ("reference", "cpu", "triton", "cuda")
 #                                faster with top-p at V=32000, equal at V=128256)
 #   gumbel_topk,         triton (not measured yet: the CUDA kernels compile in CI but have not
 #   stochastic_beam_step         run on a GPU; Triton's have run through the interpreter)
+#   verify_tree, verify_tree_greedy, tree_attention_mask, tree_position_ids
+#                        triton (same reason: csrc/cuda/tree.cu compiles but has not run)
 # An op missing here defaults to "cuda" when compiled, else "triton".
 CUDA_DEFAULTS: dict[str, str] = {
     "verify_chain": "cuda",
@@ -33,6 +35,10 @@ CUDA_DEFAULTS: dict[str, str] = {
     "sampling_probs": "cuda",
     "gumbel_topk": "triton",
     "stochastic_beam_step": "triton",
+    "verify_tree": "triton",
+    "verify_tree_greedy": "triton",
+    "tree_attention_mask": "triton",
+    "tree_position_ids": "triton",
 }
 
 _override: str | None = None
