@@ -38,17 +38,37 @@ def _tree_mask_fake(parents, num_nodes, packed):
 
 
 def register() -> None:
-    torch.library.register_fake("specdec::verify_chain")(
-        lambda draft_tokens, target_probs, draft_probs, num_draft, seed, offset, row_streams:
-        _chain_fake(draft_tokens, target_probs))
-    torch.library.register_fake("specdec::verify_chain_greedy")(
-        lambda draft_tokens, target_logits, num_draft: _chain_fake(draft_tokens, target_logits))
-    torch.library.register_fake("specdec::gumbel_topk")(_gumbel_topk_fake)
-    torch.library.register_fake("specdec::stochastic_beam_step")(_beam_step_fake)
-    torch.library.register_fake("specdec::verify_tree")(_tree_fake)
-    torch.library.register_fake("specdec::verify_tree_greedy")(_tree_fake)
-    torch.library.register_fake("specdec::tree_attention_mask")(_tree_mask_fake)
-    torch.library.register_fake("specdec::tree_position_ids")(
-        lambda parents, prefix_len, num_nodes: parents.new_empty(parents.shape))
-    torch.library.register_fake("specdec::sampling_probs")(
-        lambda logits, temperature, top_k, top_p: logits.new_empty(logits.shape, dtype=torch.float32))
+    """Register every fake; an op missing from the loaded _C (an extension built from an older
+    checkout) is reported once instead of breaking ``import specdec_kernels``."""
+    missing = []
+    for name, fake in _fakes().items():
+        try:
+            torch.library.register_fake(f"specdec::{name}")(fake)
+        except RuntimeError:
+            missing.append(name)
+    if missing:
+        import warnings
+
+        warnings.warn(
+            f"specdec_kernels._C does not define {', '.join(missing)}: it was built from an older "
+            "checkout; rebuild it (pip install --no-build-isolation -e .). Until then those ops "
+            "fail on the cpu/cuda backends (use_backend('reference') or 'triton' still work).",
+            RuntimeWarning, stacklevel=3)
+
+
+def _fakes() -> dict:
+    return {
+        "verify_chain": lambda draft_tokens, target_probs, draft_probs, num_draft, seed, offset, row_streams:
+        _chain_fake(draft_tokens, target_probs),
+        "verify_chain_greedy": lambda draft_tokens, target_logits, num_draft: _chain_fake(draft_tokens,
+                                                                                          target_logits),
+        "gumbel_topk": _gumbel_topk_fake,
+        "stochastic_beam_step": _beam_step_fake,
+        "verify_tree": _tree_fake,
+        "verify_tree_greedy": _tree_fake,
+        "tree_attention_mask": _tree_mask_fake,
+        "tree_position_ids": lambda parents, prefix_len, num_nodes: parents.new_empty(parents.shape),
+        "sampling_probs": lambda logits, temperature, top_k, top_p: logits.new_empty(logits.shape,
+                                                                                    dtype=torch.float32),
+    }
+

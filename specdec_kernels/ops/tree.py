@@ -154,7 +154,7 @@ def _token_flags(tokens, parents, valid, V: int, distinct: bool):
 
     def tok_msg():
         b, i = _first(bad_tok)
-        return (f"tokens[{b}, {i}] = {int(tokens[b, i])} at node {i} must be in [0, V) = [0, {V}] "
+        return (f"tokens[{b}, {i}] = {int(tokens[b, i])} at node {i} must be in [0, V) = [0, {V}) "
                 f"(only tokens[:, 0], the root, and padding nodes are ignored)")
 
     msgs = [tok_msg]
@@ -214,7 +214,12 @@ def _check_verify_tree(tokens, parents, target_probs, draft_probs, num_nodes, re
         flags += f
         msgs += m
         if draft_probs is not None:
-            f, m = _prob_flags(draft_probs, valid, "draft_probs", need_mass=False)
+            # Only rows of nodes with children are read (a leaf's draft row proposes nothing).
+            drafted = valid.clone()
+            drafted[:, 0] = False
+            node_ids = torch.arange(N, device=parents.device)
+            internal = ((parents[:, :, None] == node_ids) & drafted[:, :, None]).any(1)
+            f, m = _prob_flags(draft_probs, internal & valid, "draft_probs", need_mass=False)
             flags += f
             msgs += m
         _raise_first(flags, msgs)
@@ -326,6 +331,8 @@ def tree_position_ids(parents: torch.Tensor, prefix_len: int | torch.Tensor, *,
     """
     B, N, nn = _check_tree_only(parents, num_nodes, check)
     prefix = _prefix_rows(prefix_len, B, parents.device)
+    if check and isinstance(prefix_len, torch.Tensor) and B > 0 and bool((prefix < 0).any()):
+        raise ValueError("prefix_len must be >= 0 (found a negative value in the tensor)")
     backend = _backend.select("tree_position_ids", parents.device)
     if backend == "reference":
         from ..reference.tree import tree_position_ids as ref
@@ -373,11 +380,9 @@ def tree_attention_bias(parents: torch.Tensor, prefix_len: int, *,
         raise ValueError(f"prefix_len must be an int >= 0, got {prefix_len!r}")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    tree = tree_attention_mask(parents, num_nodes=num_nodes, check=check)
+    _check_parents(parents, num_nodes)
     B, N = parents.shape
-    if prefix_mask is None:
-        visible_prefix = torch.ones(B, N, prefix_len, dtype=torch.bool, device=parents.device)
-    else:
+    if prefix_mask is not None:
         require_tensor(prefix_mask, "prefix_mask")
         if list(prefix_mask.shape) != [B, prefix_len]:
             raise ValueError(
@@ -385,6 +390,10 @@ def tree_attention_bias(parents: torch.Tensor, prefix_len: int, *,
         if prefix_mask.dtype.is_floating_point or prefix_mask.is_complex():
             raise ValueError(f"prefix_mask must be bool or integer (1 = attend), got {prefix_mask.dtype}")
         require_device(prefix_mask, parents, "prefix_mask", "parents")
+    tree = tree_attention_mask(parents, num_nodes=num_nodes, check=check)
+    if prefix_mask is None:
+        visible_prefix = torch.ones(B, N, prefix_len, dtype=torch.bool, device=parents.device)
+    else:
         visible_prefix = (prefix_mask != 0)[:, None, :].expand(B, N, prefix_len)
     visible = torch.cat([visible_prefix, tree], dim=-1)
     bias = torch.zeros(B, 1, N, prefix_len + N, dtype=dtype, device=parents.device)
