@@ -40,6 +40,9 @@ TORCH_LIBRARY(specdec, m) {
       "-> (Tensor, Tensor, Tensor)");
   m.def("tree_attention_mask(Tensor parents, Tensor? num_nodes, bool packed) -> Tensor");
   m.def("tree_position_ids(Tensor parents, Tensor prefix_len, Tensor? num_nodes) -> Tensor");
+  // Entropy in nats of softmax(logits / T) per row (ALGORITHMS.md §6): logits [R, V], temperature
+  // float32 [R]; returns float32 [R].
+  m.def("draft_entropy(Tensor logits, Tensor temperature) -> Tensor");
 }
 
 // A bare module so that `import specdec_kernels._C` loads the library and runs the registrations

@@ -7,6 +7,8 @@ Public ops (see each docstring for shapes and dtypes):
     verify_tree, verify_tree_greedy     exact tree verification (recursive rejection sampling, §4)
     tree_attention_mask, tree_position_ids, tree_attention_bias   tree attention inputs (§5)
     compact_tree_kv                     move the accepted path's KV entries after the prefix
+    draft_entropy, adaedl_stop          entropy-based early draft stopping (AdaEDL, §6)
+    policies                            draft-length policies: StaticLength, AdaEDL, MaxConfidence
 Every op has a plain-PyTorch reference under ``specdec_kernels.reference`` with the same signature.
 Backends: reference, cpu (C++), triton, cuda (C++); see ``specdec_kernels.backends()``.
 """
@@ -17,6 +19,7 @@ from . import _backend
 from ._backend import use_backend
 from .ops._common import BeamStep, ChainResult, TopKSample, TreeResult
 from .ops.chain import VERIFY_CHAIN_OFFSET_STRIDE, verify_chain, verify_chain_greedy
+from .ops.entropy import adaedl_stop, draft_entropy
 from .ops.gumbel import GUMBEL_OFFSET_STRIDE, gumbel_topk, stochastic_beam_step
 from .ops.kv_cache import compact_tree_kv
 from .ops.sampling import sampling_probs
@@ -30,6 +33,8 @@ from .ops.tree import (
 )
 
 __version__ = "0.1.0"
+
+from . import policies  # noqa: E402  (after the ops it builds on)
 
 if _backend.cpp_status()[0]:
     from . import _meta
@@ -49,6 +54,8 @@ __all__ = [
     "TopKSample",
     "TreeResult",
     "VERIFY_TREE_OFFSET_STRIDE",
+    "adaedl_stop",
+    "draft_entropy",
     "compact_tree_kv",
     "tree_attention_bias",
     "tree_attention_mask",
@@ -59,6 +66,7 @@ __all__ = [
     "stochastic_beam_step",
     "VERIFY_CHAIN_OFFSET_STRIDE",
     "backends",
+    "policies",
     "sampling_probs",
     "use_backend",
     "verify_chain",

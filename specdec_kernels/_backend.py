@@ -28,6 +28,7 @@ BACKENDS = ("reference", "cpu", "triton", "cuda")
 #   stochastic_beam_step         run on a GPU; Triton's have run through the interpreter)
 #   verify_tree, verify_tree_greedy, tree_attention_mask, tree_position_ids
 #                        triton (same reason: csrc/cuda/tree.cu compiles but has not run)
+#   draft_entropy        triton (same reason: csrc/cuda/entropy.cu)
 # An op missing here defaults to "cuda" when compiled, else "triton".
 CUDA_DEFAULTS: dict[str, str] = {
     "verify_chain": "cuda",
@@ -39,6 +40,7 @@ CUDA_DEFAULTS: dict[str, str] = {
     "verify_tree_greedy": "triton",
     "tree_attention_mask": "triton",
     "tree_position_ids": "triton",
+    "draft_entropy": "triton",
 }
 
 _override: str | None = None

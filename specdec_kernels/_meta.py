@@ -68,6 +68,8 @@ def _fakes() -> dict:
         "verify_tree_greedy": _tree_fake,
         "tree_attention_mask": _tree_mask_fake,
         "tree_position_ids": lambda parents, prefix_len, num_nodes: parents.new_empty(parents.shape),
+        "draft_entropy": lambda logits, temperature: logits.new_empty((logits.shape[0],),
+                                                                      dtype=torch.float32),
         "sampling_probs": lambda logits, temperature, top_k, top_p: logits.new_empty(logits.shape,
                                                                                     dtype=torch.float32),
     }

@@ -34,6 +34,7 @@ TRITON_MODULES = {
     "sampling": "specdec_kernels.triton.sampling",
     "gumbel": "specdec_kernels.triton.gumbel",
     "tree": "specdec_kernels.triton.tree",
+    "entropy": "specdec_kernels.triton.entropy",
 }
 
 

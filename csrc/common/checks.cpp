@@ -64,6 +64,15 @@ int64_t check_sampling_args(const at::Tensor& logits, const at::Tensor& temperat
   return R;
 }
 
+int64_t check_entropy_args(const at::Tensor& logits, const at::Tensor& temperature) {
+  TORCH_CHECK(logits.dim() == 2, "logits must be [R, V], got ", logits.sizes());
+  check_probs_dtype(logits, "logits");
+  TORCH_CHECK(logits.size(1) >= 1 && logits.size(1) < (int64_t(1) << 31), "logits must have 1 <= V < 2^31");
+  TORCH_CHECK(logits.size(0) < (int64_t(1) << 31), "logits must have R < 2^31");
+  check_row_param(temperature, logits.size(0), at::kFloat, "temperature", logits);
+  return logits.size(0);
+}
+
 std::pair<int64_t, int64_t> check_gumbel_args(const at::Tensor& logits, const at::Tensor& temperature,
                                               int64_t k, const at::Tensor& seed, const at::Tensor& offset) {
   TORCH_CHECK(logits.dim() == 2, "logits must be [R, V], got ", logits.sizes());

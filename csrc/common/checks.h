@@ -43,6 +43,9 @@ void check_chain_rng(const at::Tensor& seed, const at::Tensor& offset, int64_t B
 int64_t check_sampling_args(const at::Tensor& logits, const at::Tensor& temperature,
                             const at::Tensor& top_k, const at::Tensor& top_p);
 
+// draft_entropy: logits [R, V] of an accepted dtype with V >= 1, temperature float32 [R]. Returns R.
+int64_t check_entropy_args(const at::Tensor& logits, const at::Tensor& temperature);
+
 // gumbel_topk: logits [R, V] (accepted dtype), temperature float32 [R], 1 <= k <= V, seed/offset
 // int64 [R]. Returns (R, V).
 std::pair<int64_t, int64_t> check_gumbel_args(const at::Tensor& logits, const at::Tensor& temperature,
