@@ -57,6 +57,8 @@ ROW_K_CLAIM = (64, 8, 32000)
 # its CPU claim (fused >= 5x the reference) is a 15-node binary tree at B = 8, V = 32000.
 TREE_OPS = {"verify_tree", "verify_tree_greedy"}
 TREE_CLAIM = (8, 15, 32000)
+# Row reductions (issue 5): draft_entropy at V = 32000 (and 128256 on CUDA), R in {1, 16, 256}; K unused.
+ROW_OPS = {"draft_entropy"}
 # Rows compared with the reference before timing: the reference is a Python loop, and rows are
 # independent (seed tensors give every row its own stream), so a prefix checks the kernel.
 CHECK_ROWS = 4
@@ -180,6 +182,12 @@ def tree_grid(device: str) -> list[tuple[int, int, int]]:
     return [(1, 14, 32000), (16, 6, 32000), (16, 30, 32000), (4, 64, 128256)]
 
 
+def row_grid(device: str) -> list[tuple[int, int, int]]:
+    """(R, 0, V) shapes of the per-row reductions on ``device``."""
+    vs = (32000, 128256) if device == "cuda" or _env_flag("SPECDEC_BENCH_FULL") else (32000,)
+    return [(R, 0, V) for V in vs for R in (1, 16, 256)]
+
+
 def cases(op: str, variants: list[str]) -> list[Case]:
     """The grid on the bench device, plus the issue's fixed CPU case (always measured)."""
     dev = bench_device()
@@ -189,7 +197,9 @@ def cases(op: str, variants: list[str]) -> list[Case]:
     row_k = op in ROW_K_OPS
     tree = op in TREE_OPS
     for dt in dtypes():
-        for B, K, V in (row_k_grid(dev) if row_k else tree_grid(dev) if tree else grid(dev)):
+        shapes = (row_k_grid(dev) if row_k else tree_grid(dev) if tree else row_grid(dev) if op in ROW_OPS
+                  else grid(dev))
+        for B, K, V in shapes:
             for variant in variants:
                 for be in backends(dev):
                     # The reference is a Python loop over requests: on CUDA it is no contender,
@@ -197,6 +207,8 @@ def cases(op: str, variants: list[str]) -> list[Case]:
                     if be == "reference" and dev == "cuda" and B > 1:
                         continue
                     out.append(Case(op, variant, be, dev, B, K, V, dt))
+    if op in ROW_OPS:
+        return out  # no fixed CPU claim for these
     B, K, V = ROW_K_CLAIM if row_k else TREE_CLAIM if tree else CLAIM_SHAPE
     for variant in variants:
         for be in ("reference", "cpu"):
