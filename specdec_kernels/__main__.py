@@ -28,7 +28,7 @@ TIME_B, TIME_K, TIME_V = 8, 5, 32000
 SAMPLING_KW: dict[str, Any] = {"temperature": 0.8, "top_k": 50, "top_p": 0.9}
 OPS = ("verify_chain", "verify_chain[draft_probs=None]", "verify_chain_greedy", "sampling_probs",
        "gumbel_topk", "stochastic_beam_step", "verify_tree", "verify_tree[draft_probs=None]",
-       "verify_tree_greedy", "tree_attention_mask", "tree_position_ids")
+       "verify_tree_greedy", "tree_attention_mask", "tree_position_ids", "draft_entropy")
 TREE_OPS = ("verify_tree", "verify_tree[draft_probs=None]", "verify_tree_greedy")
 # Sampling without replacement: k tokens per row of the [B * (K+1), V] logits; one SBS step with
 # the K+1 rows of a request as its beams.
@@ -130,6 +130,10 @@ def op_calls(case: dict[str, Any]) -> dict[str, tuple[Callable[[], Any], Callabl
             lambda: sk.tree_position_ids(par, 11, num_nodes=nn, check=False),
             lambda: reference.tree_position_ids(par, 11, num_nodes=nn),
         ),
+        "draft_entropy": (
+            lambda: sk.draft_entropy(rows, temperature=0.8, check=False),
+            lambda: reference.draft_entropy(rows, temperature=0.8),
+        ),
     }
 
 
@@ -143,7 +147,7 @@ def same(op: str, got: Any, want: Any) -> bool:
         return all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(got, want, strict=True))
     if op in ("tree_attention_mask", "tree_position_ids"):
         return torch.equal(got.cpu(), want.cpu())
-    if op == "sampling_probs":
+    if op in ("sampling_probs", "draft_entropy"):
         return got.shape == want.shape and bool(torch.allclose(got.cpu(), want.cpu(), rtol=1e-5, atol=1e-5))
     return torch.equal(got.tokens.cpu(), want.tokens.cpu()) and torch.equal(
         got.num_accepted.cpu(), want.num_accepted.cpu())
@@ -256,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             defaults = {op: _backend.select(op, torch.device(d))
                         for op in ("verify_chain", "verify_chain_greedy", "sampling_probs", "gumbel_topk",
                                    "stochastic_beam_step", "verify_tree", "verify_tree_greedy",
-                                   "tree_attention_mask", "tree_position_ids")}
+                                   "tree_attention_mask", "tree_position_ids", "draft_entropy")}
             kinds = set(defaults.values())
             line += (f" (default: {kinds.pop()})" if len(kinds) == 1 else
                      " (defaults: " + ", ".join(f"{o}={b}" for o, b in defaults.items()) + ")")
