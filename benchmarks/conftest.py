@@ -59,6 +59,8 @@ TREE_OPS = {"verify_tree", "verify_tree_greedy"}
 TREE_CLAIM = (8, 15, 32000)
 # Row reductions (issue 5): draft_entropy at V = 32000 (and 128256 on CUDA), R in {1, 16, 256}; K unused.
 ROW_OPS = {"draft_entropy"}
+# Distillation losses (issue 5): forward + backward at N = 4096 positions, V = 32000; K unused.
+LOSS_OPS = {"tvdpp_loss"}
 # Rows compared with the reference before timing: the reference is a Python loop, and rows are
 # independent (seed tensors give every row its own stream), so a prefix checks the kernel.
 CHECK_ROWS = 4
@@ -198,7 +200,7 @@ def cases(op: str, variants: list[str]) -> list[Case]:
     tree = op in TREE_OPS
     for dt in dtypes():
         shapes = (row_k_grid(dev) if row_k else tree_grid(dev) if tree else row_grid(dev) if op in ROW_OPS
-                  else grid(dev))
+                  else [(4096, 0, 32000)] if op in LOSS_OPS else grid(dev))
         for B, K, V in shapes:
             for variant in variants:
                 for be in backends(dev):
@@ -207,7 +209,7 @@ def cases(op: str, variants: list[str]) -> list[Case]:
                     if be == "reference" and dev == "cuda" and B > 1:
                         continue
                     out.append(Case(op, variant, be, dev, B, K, V, dt))
-    if op in ROW_OPS:
+    if op in ROW_OPS or op in LOSS_OPS:
         return out  # no fixed CPU claim for these
     B, K, V = ROW_K_CLAIM if row_k else TREE_CLAIM if tree else CLAIM_SHAPE
     for variant in variants:

@@ -25,7 +25,7 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 COLUMNS = [
     "date", "commit", "device", "torch", "triton", "cuda", "op", "backend", "B", "K", "V", "dtype",
-    "median_us", "iqr_us", "bytes", "gbps", "copy_gbps", "speedup_vs_reference",
+    "median_us", "iqr_us", "bytes", "gbps", "copy_gbps", "speedup_vs_reference", "peak_bytes",
 ]
 _BACKEND_ORDER = {"reference": 0, "cpu": 1, "triton": 2, "cuda": 3, "torch": 4}
 
@@ -102,6 +102,8 @@ def rows_from_json(data: dict[str, Any], commit: str | None = None) -> list[dict
             "gbps": _fmt(ex["bytes"] / m / 1e9, 3),
             "copy_gbps": _fmt(copy.get(ex["device"]), 3),
             "speedup_vs_reference": _fmt(r / m if r is not None else None, 2),
+            # memory high-water mark of one call beyond its inputs, where the benchmark measures it
+            "peak_bytes": str(ex["peak_bytes"]) if ex.get("peak_bytes") is not None else "",
         })
 
     def order(row: dict[str, str]) -> tuple:

@@ -43,6 +43,14 @@ TORCH_LIBRARY(specdec, m) {
   // Entropy in nats of softmax(logits / T) per row (ALGORITHMS.md §6): logits [R, V], temperature
   // float32 [R]; returns float32 [R].
   m.def("draft_entropy(Tensor logits, Tensor temperature) -> Tensor");
+  // Distillation losses (ALGORITHMS.md §7; spec in specdec_kernels/reference/losses.py). kind 0 =
+  // total variation, 1 = forward KL. student_logits [N, V], teacher_probs [N, V]. Forward returns
+  // float32 [N, 4] per-row stats (lse, value, a, c); backward takes them and a float32 [N] row
+  // coefficient and returns the gradient [N, V] in the student's dtype.
+  m.def("divergence_forward(Tensor student_logits, Tensor teacher_probs, int kind) -> Tensor");
+  m.def(
+      "divergence_backward(Tensor student_logits, Tensor teacher_probs, Tensor stats, Tensor coef, int kind) "
+      "-> Tensor");
 }
 
 // A bare module so that `import specdec_kernels._C` loads the library and runs the registrations

@@ -9,6 +9,7 @@ Public ops (see each docstring for shapes and dtypes):
     compact_tree_kv                     move the accepted path's KV entries after the prefix
     draft_entropy, adaedl_stop          entropy-based early draft stopping (AdaEDL, §6)
     policies                            draft-length policies: StaticLength, AdaEDL, MaxConfidence
+    tvdpp_loss, tvd_loss, kl_loss       drafter distillation losses with fused kernels (TVD++, §7)
 Every op has a plain-PyTorch reference under ``specdec_kernels.reference`` with the same signature.
 Backends: reference, cpu (C++), triton, cuda (C++); see ``specdec_kernels.backends()``.
 """
@@ -22,6 +23,7 @@ from .ops.chain import VERIFY_CHAIN_OFFSET_STRIDE, verify_chain, verify_chain_gr
 from .ops.entropy import adaedl_stop, draft_entropy
 from .ops.gumbel import GUMBEL_OFFSET_STRIDE, gumbel_topk, stochastic_beam_step
 from .ops.kv_cache import compact_tree_kv
+from .ops.losses import kl_loss, tvd_loss, tvdpp_loss
 from .ops.sampling import sampling_probs
 from .ops.tree import (
     VERIFY_TREE_OFFSET_STRIDE,
@@ -56,6 +58,9 @@ __all__ = [
     "VERIFY_TREE_OFFSET_STRIDE",
     "adaedl_stop",
     "draft_entropy",
+    "kl_loss",
+    "tvd_loss",
+    "tvdpp_loss",
     "compact_tree_kv",
     "tree_attention_bias",
     "tree_attention_mask",

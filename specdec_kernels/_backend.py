@@ -29,6 +29,7 @@ BACKENDS = ("reference", "cpu", "triton", "cuda")
 #   verify_tree, verify_tree_greedy, tree_attention_mask, tree_position_ids
 #                        triton (same reason: csrc/cuda/tree.cu compiles but has not run)
 #   draft_entropy        triton (same reason: csrc/cuda/entropy.cu)
+#   divergence           triton (the distillation losses have Triton kernels only; "cuda" runs them too)
 # An op missing here defaults to "cuda" when compiled, else "triton".
 CUDA_DEFAULTS: dict[str, str] = {
     "verify_chain": "cuda",
@@ -41,6 +42,7 @@ CUDA_DEFAULTS: dict[str, str] = {
     "tree_attention_mask": "triton",
     "tree_position_ids": "triton",
     "draft_entropy": "triton",
+    "divergence": "triton",
 }
 
 _override: str | None = None

@@ -70,6 +70,8 @@ def _fakes() -> dict:
         "tree_position_ids": lambda parents, prefix_len, num_nodes: parents.new_empty(parents.shape),
         "draft_entropy": lambda logits, temperature: logits.new_empty((logits.shape[0],),
                                                                       dtype=torch.float32),
+        "divergence_forward": lambda z, p, kind: z.new_empty((z.shape[0], 4), dtype=torch.float32),
+        "divergence_backward": lambda z, p, stats, coef, kind: torch.empty_like(z),
         "sampling_probs": lambda logits, temperature, top_k, top_p: logits.new_empty(logits.shape,
                                                                                     dtype=torch.float32),
     }

@@ -35,6 +35,7 @@ TRITON_MODULES = {
     "gumbel": "specdec_kernels.triton.gumbel",
     "tree": "specdec_kernels.triton.tree",
     "entropy": "specdec_kernels.triton.entropy",
+    "losses": "specdec_kernels.triton.losses",
 }
 
 

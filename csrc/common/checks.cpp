@@ -73,6 +73,25 @@ int64_t check_entropy_args(const at::Tensor& logits, const at::Tensor& temperatu
   return logits.size(0);
 }
 
+void check_divergence_args(const at::Tensor& z, const at::Tensor& p, int64_t kind) {
+  TORCH_CHECK(z.dim() == 2, "student_logits must be [N, V], got ", z.sizes());
+  TORCH_CHECK(p.sizes() == z.sizes(), "teacher_probs must have the shape of student_logits ", z.sizes(), ", got ",
+              p.sizes());
+  check_probs_dtype(z, "student_logits");
+  check_probs_dtype(p, "teacher_probs");
+  check_same_device(p, z, "teacher_probs");
+  TORCH_CHECK(z.size(1) >= 1 && z.size(1) < (int64_t(1) << 31), "student_logits must have 1 <= V < 2^31");
+  TORCH_CHECK(kind == 0 || kind == 1, "kind must be 0 (total variation) or 1 (KL), got ", kind);
+}
+
+void check_divergence_stats(const at::Tensor& stats, const at::Tensor& coef, int64_t N, const at::Tensor& z) {
+  TORCH_CHECK(stats.dim() == 2 && stats.size(0) == N && stats.size(1) == 4, "stats must be [N, 4] = [", N,
+              ", 4], got ", stats.sizes());
+  TORCH_CHECK(stats.scalar_type() == at::kFloat, "stats must be float32, got ", stats.scalar_type());
+  check_same_device(stats, z, "stats");
+  check_row_param(coef, N, at::kFloat, "coef", z);
+}
+
 std::pair<int64_t, int64_t> check_gumbel_args(const at::Tensor& logits, const at::Tensor& temperature,
                                               int64_t k, const at::Tensor& seed, const at::Tensor& offset) {
   TORCH_CHECK(logits.dim() == 2, "logits must be [R, V], got ", logits.sizes());

@@ -46,6 +46,12 @@ int64_t check_sampling_args(const at::Tensor& logits, const at::Tensor& temperat
 // draft_entropy: logits [R, V] of an accepted dtype with V >= 1, temperature float32 [R]. Returns R.
 int64_t check_entropy_args(const at::Tensor& logits, const at::Tensor& temperature);
 
+// divergence_forward/backward: student_logits and teacher_probs [N, V] (accepted dtypes, one device),
+// kind 0 (total variation) or 1 (forward KL).
+void check_divergence_args(const at::Tensor& z, const at::Tensor& p, int64_t kind);
+// stats float32 [N, 4], coef float32 [N] on the device of z.
+void check_divergence_stats(const at::Tensor& stats, const at::Tensor& coef, int64_t N, const at::Tensor& z);
+
 // gumbel_topk: logits [R, V] (accepted dtype), temperature float32 [R], 1 <= k <= V, seed/offset
 // int64 [R]. Returns (R, V).
 std::pair<int64_t, int64_t> check_gumbel_args(const at::Tensor& logits, const at::Tensor& temperature,
