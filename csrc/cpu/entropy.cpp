@@ -1,7 +1,7 @@
 // draft_entropy on the CPU: one row per task, two passes over the row (the maximum, then
-// Z = sum exp(s - m) and A = sum exp(s - m) (s - m) in double), H = log Z - A / Z. The second pass
-// re-reads a row that is still in cache (V = 32000 float32 is 128 KiB), and double sums keep the
-// result within float32 rounding of the float64 reference for any V.
+// Z = sum exp(s - m) and A = sum exp(s - m) (s - m), float exps accumulated in double),
+// H = log Z - A / Z. The second pass re-reads a row that is still in cache (V = 32000 float32 is
+// 128 KiB), and double sums keep the result within float32 rounding of the float64 reference.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -37,9 +37,9 @@ at::Tensor draft_entropy_cpu(const at::Tensor& logits_in, const at::Tensor& temp
         for (int64_t v = 0; v < V; ++v) {
           const float d = static_cast<float>(row[v]) / t - m;
           if (d == -std::numeric_limits<float>::infinity()) continue;  // a masked token: p = 0
-          const double e = std::exp(static_cast<double>(d));
+          const float e = std::exp(d);  // float exp (~4x cheaper than double); sums stay double
           z += e;
-          a += e * d;
+          a += static_cast<double>(e) * d;
         }
         // An all -inf row (rejected by check=True) gives z = 0: NaN, as the reference does.
         const double hv = std::log(z) - a / z;

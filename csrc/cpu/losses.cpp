@@ -26,7 +26,7 @@ void forward_rows(const Z* z, const P* p, int64_t sz, int64_t sp, int64_t N, int
       float m = -std::numeric_limits<float>::infinity();
       for (int64_t v = 0; v < V; ++v) m = std::max(m, static_cast<float>(zr[v]));
       double s = 0.0;
-      for (int64_t v = 0; v < V; ++v) s += std::exp(static_cast<double>(static_cast<float>(zr[v]) - m));
+      for (int64_t v = 0; v < V; ++v) s += std::exp(static_cast<float>(zr[v]) - m);  // float exp, double sum
       const float lse = m + static_cast<float>(std::log(s));
       double value = 0.0, a = 0.0, c = 0.0;
       for (int64_t v = 0; v < V; ++v) {
