@@ -11,6 +11,7 @@
 #include "../common/checks.h"
 #include "../common/philox.h"
 #include "../common/sampling_math.h"
+#include "race.h"
 
 namespace specdec {
 namespace {
@@ -19,30 +20,14 @@ namespace {
 // removed. Returns -1 when every r is zero.
 template <typename T>
 int64_t race_row(const T* p, const T* q, int64_t skip, int64_t V, int mode, const DrawKey& key) {
-  float best = 0.f;
-  int64_t best_idx = -1;
-  for (int64_t base = 0; base < V; base += 4) {
-    const int64_t n = std::min<int64_t>(4, V - base);
-    float r[4] = {0.f, 0.f, 0.f, 0.f};
-    bool any = false;
-    for (int64_t j = 0; j < n; ++j) {
-      float v = static_cast<float>(p[base + j]);
-      if (mode == 1) v = std::max(0.f, v - static_cast<float>(q[base + j]));
-      if (mode == 2 && base + j == skip) v = 0.f;
-      r[j] = v;
-      any |= v > 0.f;
-    }
-    if (!any) continue;  // a Philox block costs ~40 multiplies: skip blocks that cannot win
-    const Philox4 w = draw_block(key, static_cast<uint32_t>(base >> 2));
-    for (int64_t j = 0; j < n; ++j) {
-      const float k = race_key(r[j], word_to_uniform(pick_word(w, static_cast<uint32_t>(j))));
-      if (k > best) {  // ascending scan: ties keep the smaller index
-        best = k;
-        best_idx = base + j;
-      }
-    }
-  }
-  return best_idx;
+  return race_over(
+      [&](int64_t v) {
+        float x = static_cast<float>(p[v]);
+        if (mode == 1) x = std::max(0.f, x - static_cast<float>(q[v]));
+        if (mode == 2 && v == skip) x = 0.f;
+        return x;
+      },
+      V, key);
 }
 
 std::tuple<at::Tensor, at::Tensor> verify_chain_cpu(const at::Tensor& draft_tokens,

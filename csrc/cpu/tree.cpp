@@ -16,35 +16,10 @@
 #include "../common/philox.h"
 #include "../common/sampling_math.h"
 #include "../common/tree_math.h"
+#include "race.h"
 
 namespace specdec {
 namespace {
-
-// Exponential race over r(v) for v in [0, V) (ties to the smaller index); -1 when r is all zero.
-template <typename R>
-int64_t race(R r_of, int64_t V, const DrawKey& key) {
-  float best = 0.f;
-  int64_t best_idx = -1;
-  for (int64_t base = 0; base < V; base += 4) {
-    const int64_t n = std::min<int64_t>(4, V - base);
-    float r[4] = {0.f, 0.f, 0.f, 0.f};
-    bool any = false;
-    for (int64_t j = 0; j < n; ++j) {
-      r[j] = r_of(base + j);
-      any |= r[j] > 0.f;
-    }
-    if (!any) continue;  // a Philox block costs ~40 multiplies: skip blocks that cannot win
-    const Philox4 w = draw_block(key, static_cast<uint32_t>(base >> 2));
-    for (int64_t j = 0; j < n; ++j) {
-      const float k = race_key(r[j], word_to_uniform(pick_word(w, static_cast<uint32_t>(j))));
-      if (k > best) {
-        best = k;
-        best_idx = base + j;
-      }
-    }
-  }
-  return best_idx;
-}
 
 bool contains(const std::vector<int64_t>& s, int64_t x) {
   return std::find(s.begin(), s.end(), x) != s.end();
@@ -112,7 +87,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cpu(
           const scalar_t* q = Q ? Q + b * qB + node * qN : nullptr;
           int64_t child = next_child(prow_par, par_stride, node, node, n_valid);
           if (child < 0) {  // leaf: bonus token from p
-            y = race([&](int64_t v) { return static_cast<float>(p[v]); }, V, sample_key);
+            y = race_over([&](int64_t v) { return static_cast<float>(p[v]); }, V, sample_key);
             break;
           }
           float scale = 0.f;
@@ -170,9 +145,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cpu(
             node = chosen;
             continue;
           }
-          y = race([&](int64_t v) { return contains(removed, v) ? 0.f : residual(v); }, V, sample_key);
+          y = race_over([&](int64_t v) { return contains(removed, v) ? 0.f : residual(v); }, V, sample_key);
           // Residual of zero mass: measure zero for valid inputs; fall back to p.
-          if (y < 0) y = race([&](int64_t v) { return static_cast<float>(p[v]); }, V, sample_key);
+          if (y < 0) y = race_over([&](int64_t v) { return static_cast<float>(p[v]); }, V, sample_key);
           break;
         }
         o_tok[b][a] = y < 0 ? 0 : y;

@@ -174,11 +174,19 @@ def row_param(v, R: int, lead: tuple[int, ...], device, dtype, name: str) -> tor
     return torch.full((R,), v, dtype=dtype, device=device)
 
 
-def raise_first(flags: torch.Tensor, messages: list[str]) -> None:
-    """One device sync for several value checks: raise ValueError for the first flag set."""
+def raise_first(flags, messages: list) -> None:
+    """One device sync for several value checks: raise ValueError for the first flag set.
+
+    ``flags``: a bool tensor, or a list of 0-d bool tensors. A message may be a callable that
+    builds it (e.g. naming the first bad node), called only when its flag is set.
+    """
+    if isinstance(flags, (list, tuple)):
+        if not flags:
+            return
+        flags = torch.stack([f.reshape(()) for f in flags])
     if flags.numel() == 0:
         return
     host = flags.cpu().tolist()
     for bad, msg in zip(host, messages, strict=True):
         if bad:
-            raise ValueError(msg)
+            raise ValueError(msg() if callable(msg) else msg)

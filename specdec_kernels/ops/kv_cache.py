@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._common import require_device, require_tensor
+from ._common import raise_first, require_device, require_tensor
 
 
 def _moves(accepted_nodes: torch.Tensor, num_accepted, prefix: torch.Tensor):
@@ -55,14 +55,12 @@ def _check(accepted_nodes, num_accepted, prefix_len, B_kv: int | None, S: int | 
             (live & ((accepted_nodes <= prev) | (accepted_nodes >= N))).any(),
             ((prefix + N > S).any() if S is not None else torch.zeros((), dtype=torch.bool,
                                                                          device=prefix.device)),
-        ]).cpu().tolist()
+        ])
         msgs = [f"num_accepted must be in [0, N-1] = [0, {N - 1}]",
                 "accepted_nodes must list increasing node indices in (0, N) before its -1 padding "
                 "(a path from the root, as TreeResult.accepted_nodes)",
                 f"the cache is too short: prefix_len + N must be <= its length {S}"]
-        for bad, msg in zip(flags, msgs, strict=True):
-            if bad:
-                raise ValueError(msg)
+        raise_first(flags, msgs)
     return prefix, num_accepted
 
 

@@ -23,6 +23,7 @@ from .. import _backend
 from ._common import (
     SeedLike,
     TreeResult,
+    raise_first,
     require_device,
     require_float,
     require_tensor,
@@ -95,21 +96,11 @@ def _tree_flags(parents, nn, B: int, N: int):
     return flags, [root_msg, parent_msg], valid
 
 
-def _raise_first(flags: list[torch.Tensor], builders) -> None:
-    """One device sync for all flags; the message of the first flag set is built only then."""
-    if not flags:
-        return
-    host = torch.stack([f.reshape(()) for f in flags]).cpu().tolist()
-    for bad, build in zip(host, builders, strict=True):
-        if bad:
-            raise ValueError(build())
-
-
 def _check_tree_only(parents, num_nodes, check: bool):
     B, N, nn = _check_parents(parents, num_nodes)
     if check and B > 0:
         flags, msgs, _ = _tree_flags(parents, nn, B, N)
-        _raise_first(flags, msgs)
+        raise_first(flags, msgs)
     return B, N, nn
 
 
@@ -222,7 +213,7 @@ def _check_verify_tree(tokens, parents, target_probs, draft_probs, num_nodes, re
             f, m = _prob_flags(draft_probs, internal & valid, "draft_probs", need_mass=False)
             flags += f
             msgs += m
-        _raise_first(flags, msgs)
+        raise_first(flags, msgs)
     return B, N, V, nn
 
 
@@ -241,7 +232,7 @@ def _check_verify_tree_greedy(tokens, parents, target_logits, num_nodes, check: 
             return f"target_logits[{b}, {n}] (node {n}) must not contain NaN"
 
         msgs.append(nan_msg)
-        _raise_first(flags, msgs)
+        raise_first(flags, msgs)
     return B, N, V, nn
 
 
