@@ -128,12 +128,18 @@ setup(
     name="specdec_kernels",
     version="0.1.0",
     description="Exact speculative-decoding kernels for chains and trees (CPU, Triton, CUDA)",
-    packages=find_packages(include=["specdec_kernels", "specdec_kernels.*"]),
+    # Two packages from one source tree: the kernels (specdec_kernels, no transformers) and the
+    # decoder (python/specdec, which needs the `llava` extra: transformers and pillow).
+    packages=find_packages(include=["specdec_kernels", "specdec_kernels.*"])
+    + find_packages("python", include=["specdec", "specdec.*"]),
+    package_dir={"specdec": "python/specdec"},
+    entry_points={"console_scripts": ["specdec = specdec.cli:main"]},
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy"],
     extras_require={
-        "test": ["pytest>=7", "pytest-benchmark>=4", "scipy", "hypothesis", "ruff", "transformers>=4.45"],
-        "llava": ["transformers>=4.45", "pillow"],
+        "test": ["pytest>=7", "pytest-benchmark>=4", "scipy", "hypothesis", "ruff", "transformers>=4.45",
+                 "pillow", "safetensors"],
+        "llava": ["transformers>=4.45", "pillow", "safetensors"],
     },
     ext_modules=_extensions(),
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},

@@ -1,0 +1,195 @@
+"""Drafting one round: a chain under a draft-length policy, or a tree (i.i.d., Gumbel-Top-k, Stochastic
+Beam Search). Every function drafts from a :class:`~specdec.models.SequenceCache` whose root (the
+last committed token) is already forwarded or pending, and returns what verification needs.
+
+Randomness is the kernels' counter-based Philox: one seed per generate call and an offset that
+advances by each op's documented stride, so a seed reproduces a run exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import specdec_kernels as sk
+
+from .models import SequenceCache
+
+
+class Sampler:
+    """Temperature / top-k / top-p, applied identically to target and drafter (ALGORITHMS.md §1),
+    and the Philox stream of one generate call. Temperature 0 means greedy."""
+
+    def __init__(self, temperature: float, top_k: int, top_p: float, seed: int) -> None:
+        self.temperature = float(temperature)
+        self.top_k = int(top_k)
+        self.top_p = float(top_p)
+        self.seed = int(seed)
+        self.offset = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        return sk.sampling_probs(
+            logits, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, check=False
+        )
+
+    def take(self, stride: int) -> int:
+        off = self.offset
+        self.offset += stride
+        return off
+
+    def distinct(self, probs: torch.Tensor, k: int) -> torch.Tensor:
+        """k distinct tokens per row drawn without replacement from ``probs`` [R, V] (-1 when the row
+        has fewer than k tokens of positive probability)."""
+        return sk.gumbel_topk(
+            torch.log(probs), k, seed=self.seed, offset=self.take(sk.GUMBEL_OFFSET_STRIDE), check=False
+        ).tokens
+
+
+@dataclass
+class Draft:
+    """One round's draft, in the tree format of specdec_kernels (a chain is nodes 1..K, parent i-1).
+
+    tokens/parents: [1, N] (node 0 = root); q: [1, N, V] draft laws of internal nodes (None when
+    greedy); forwarded: nodes 1..forwarded have KV entries in the drafter's cache right after
+    ``root`` (its slot); depth: tree depth drafted."""
+
+    tokens: torch.Tensor
+    parents: torch.Tensor
+    q: torch.Tensor | None
+    root: int
+    forwarded: int
+    depth: int
+
+    @property
+    def num_drafted(self) -> int:
+        return self.tokens.shape[1] - 1
+
+
+def draft_chain(drafter: SequenceCache, root_token: int, sampler: Sampler, policy, max_len: int) -> Draft:
+    """Up to ``max_len`` tokens autoregressively; ``policy`` may stop earlier (AdaEDL, confidence)."""
+    root = drafter.root_slot()
+    row = drafter.logits_through()[-1]
+    policy.begin_round(1, row.device)
+    toks: list[int] = []
+    qs: list[torch.Tensor] = []
+    forwarded = 0
+    for i in range(max_len):
+        q = None if sampler.greedy else sampler.probs(row[None])
+        # the policy judges the law actually drafted from (after temperature / top-k / top-p)
+        if bool(policy.should_stop(row[None] if q is None else torch.log(q))[0]):
+            break
+        if q is None:
+            t = int(row.argmax())
+        else:
+            t = int(sampler.distinct(q, 1)[0, 0])
+            qs.append(q[0])
+        toks.append(t)
+        if i + 1 < max_len:
+            row = drafter.logits_through([t])[-1]
+            forwarded += 1
+    K = len(toks)
+    dev = row.device
+    tokens = torch.tensor([[root_token] + toks], dtype=torch.long, device=dev)
+    parents = torch.arange(-1, K, dtype=torch.long, device=dev)[None]
+    q = None
+    if not sampler.greedy:
+        q = torch.zeros(1, K + 1, row.shape[-1], device=dev)
+        if K:
+            q[0, :K] = torch.stack(qs)
+    return Draft(tokens, parents, q, root, forwarded, K)
+
+
+def draft_tree(
+    drafter: SequenceCache,
+    root_token: int,
+    sampler: Sampler,
+    *,
+    branching: tuple[int, ...] | None = None,
+    width: int | None = None,
+    depth: int,
+    replacement: bool = False,
+) -> Draft:
+    """A tree of ``depth`` levels, drafted level by level with one drafter forward per level.
+
+    ``branching`` (b_0, ..): every node of level l gets b_l children, distinct (Gumbel-Top-k, RSD-C)
+    or i.i.d. (``replacement=True``, SpecInfer). ``width``: Stochastic Beam Search (RSD-S), the W best
+    expansions per level. Greedy sampling drafts the top-b tokens (top-W sequences for beams).
+    """
+    root = drafter.root_slot()
+    rows = drafter.logits_through()[-1:]
+    dev = rows.device
+    V = rows.shape[-1]
+    tokens = [root_token]
+    parents = [-1]
+    qrows: list[torch.Tensor] = []  # q of internal nodes, in node order from node 0
+    start, end = 0, 1
+    phi = torch.zeros(1, device=dev)
+    G = torch.zeros(1, device=dev)
+    levels = 0
+    for level in range(depth):
+        if level > 0:
+            t_tok = torch.tensor([tokens], dtype=torch.long, device=dev)
+            t_par = torch.tensor([parents], dtype=torch.long, device=dev)
+            rows = drafter.tree_logits(t_tok, t_par, start, end)
+        q = None if sampler.greedy else sampler.probs(rows)
+        if q is not None:
+            qrows.append(q)
+        new_tok: list[int] = []
+        new_par: list[int] = []
+        if width is not None:
+            logq = torch.log_softmax(rows, -1) if q is None else torch.log(q)
+            if q is None:  # greedy beam search: the W most likely continuations of the live beams
+                flat = (phi[:, None] + logq).flatten()
+                k = min(width, int(torch.isfinite(flat).sum()))
+                best = torch.topk(flat, k)
+                beam, tok = best.indices // V, best.indices % V
+                phi = best.values
+            else:
+                step = sk.stochastic_beam_step(
+                    logq[None],
+                    phi[None],
+                    G[None],
+                    width,
+                    seed=sampler.seed,
+                    offset=sampler.take(sk.GUMBEL_OFFSET_STRIDE),
+                    check=False,
+                )
+                live = step.tokens[0] >= 0
+                beam, tok = step.parents[0][live], step.tokens[0][live]
+                phi, G = step.log_probs[0][live], step.scores[0][live]
+            new_par = [start + int(b) for b in beam.tolist()]
+            new_tok = tok.tolist()
+        else:
+            b = branching[level]
+            if q is None:
+                kids = torch.topk(rows, min(b, V), -1).indices
+            elif replacement:
+                kids = sampler.distinct(q.repeat_interleave(b, 0), 1).reshape(-1, b)
+            else:
+                kids = sampler.distinct(q, min(b, V))
+            for r, row_kids in enumerate(kids.tolist()):
+                for t in row_kids:
+                    if t >= 0:
+                        new_par.append(start + r)
+                        new_tok.append(t)
+        if not new_tok:
+            break
+        tokens += new_tok
+        parents += new_par
+        start, end = end, end + len(new_tok)
+        levels += 1
+    N = len(tokens)
+    t_tok = torch.tensor([tokens], dtype=torch.long, device=dev)
+    t_par = torch.tensor([parents], dtype=torch.long, device=dev)
+    qt = None
+    if not sampler.greedy:
+        qt = torch.zeros(1, N, V, device=dev)
+        internal = torch.cat(qrows)[:start]  # rows of nodes 0..start-1 (leaves have none)
+        qt[0, : internal.shape[0]] = internal
+    # nodes of the last level were never forwarded through the drafter
+    return Draft(t_tok, t_par, qt, root, start - 1, levels)

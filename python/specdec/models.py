@@ -1,0 +1,398 @@
+"""Models for the decoder: loading targets and drafters, the compact LLaVA drafter, and a KV-cached view
+of one sequence through a model (what the speculative loop drafts from and verifies with).
+
+Nothing here downloads unless a hub name is given and the machine has network; every loader also
+takes a local directory written by ``save_pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+import specdec_kernels as sk
+
+#: The file that marks a directory as a :class:`CompactLlavaDrafter`.
+COMPACT_DRAFTER_FILE = "specdec_drafter.json"
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError as e:  # pragma: no cover - the `llava` extra brings it
+        raise ImportError("specdec needs transformers: pip install 'specdec_kernels[llava]'") from e
+    return transformers
+
+
+def is_multimodal(model) -> bool:
+    """True for a LLaVA-style model: it takes ``pixel_values`` and has an image token id."""
+    cfg = getattr(model, "config", None)
+    return getattr(cfg, "image_token_id", None) is not None and _projector(model) is not None
+
+
+def image_token_id(model) -> int | None:
+    """The image placeholder id of a LLaVA-style target (None for a text-only model)."""
+    return int(model.config.image_token_id) if is_multimodal(model) else None
+
+
+def _projector(model):
+    inner = getattr(model, "model", None)
+    return getattr(inner, "multi_modal_projector", None) or getattr(model, "multi_modal_projector", None)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------------------------
+# The compact LLaVA drafter (ALGORITHMS.md §8): a small LM plus a small projector that reads the
+# TARGET's vision features, so the drafter needs no vision tower of its own.
+# ----------------------------------------------------------------------------------------------
+
+
+class CompactLlavaDrafter(nn.Module):
+    """A small causal LM whose image-token embeddings come from a small projector of the target's
+    vision features (the tensor the target's own ``multi_modal_projector`` reads).
+
+    Build one with :meth:`build`, save it with :meth:`save_pretrained` and load it with
+    :meth:`from_pretrained` (or :func:`load_drafter`). In the decoder the target's features are
+    captured during the target's prefill, so the vision tower runs once per prompt.
+    """
+
+    def __init__(
+        self, language_model: nn.Module, feature_dim: int, image_token_id: int, projector_act: str = "gelu"
+    ) -> None:
+        super().__init__()
+        if feature_dim < 1:
+            raise ValueError(f"feature_dim must be >= 1, got {feature_dim}")
+        hidden = language_model.get_input_embeddings().embedding_dim
+        self.language_model = language_model
+        self.feature_dim = int(feature_dim)
+        self.image_token_id = int(image_token_id)
+        self.projector_act = projector_act
+        acts = {"gelu": nn.GELU(), "relu": nn.ReLU(), "silu": nn.SiLU()}
+        if projector_act not in acts:
+            raise ValueError(f"projector_act must be one of {sorted(acts)}, got {projector_act!r}")
+        self.projector = nn.Sequential(
+            nn.Linear(feature_dim, hidden), acts[projector_act], nn.Linear(hidden, hidden)
+        )
+        self.projector.to(dtype=language_model.dtype)
+
+    # transformers-like surface the decoder relies on
+    @property
+    def config(self):
+        return self.language_model.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.language_model.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.language_model.device
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    @classmethod
+    def build(
+        cls,
+        language_model: nn.Module,
+        target: nn.Module | None = None,
+        *,
+        feature_dim: int | None = None,
+        image_token_id: int | None = None,
+        projector_act: str = "gelu",
+    ) -> CompactLlavaDrafter:
+        """A drafter for ``target``: the feature size and image token id come from it unless given."""
+        if target is not None:
+            proj = _projector(target)
+            if proj is None:
+                raise ValueError("target must be a LLaVA-style model (it has no multi_modal_projector)")
+            first = next(m for m in proj.modules() if isinstance(m, nn.Linear))
+            feature_dim = feature_dim or first.in_features
+            image_token_id = image_token_id if image_token_id is not None else target.config.image_token_id
+        if feature_dim is None or image_token_id is None:
+            raise ValueError("give target, or both feature_dim and image_token_id")
+        return cls(language_model, feature_dim, image_token_id, projector_act)
+
+    def embed(self, input_ids: torch.Tensor, image_features: torch.Tensor | None = None) -> torch.Tensor:
+        emb_layer = self.get_input_embeddings()
+        ids = input_ids.clamp(0, emb_layer.num_embeddings - 1)
+        emb = emb_layer(ids)
+        if image_features is not None:
+            where = input_ids == self.image_token_id
+            feats = self.projector(image_features.to(emb.dtype).reshape(-1, self.feature_dim))
+            if int(where.sum()) != feats.shape[0]:
+                raise ValueError(
+                    f"the prompt has {int(where.sum())} image tokens but the target gave "
+                    f"{feats.shape[0]} image feature vectors"
+                )
+            emb = emb.masked_scatter(where[..., None], feats)
+        return emb
+
+    def forward(self, input_ids: torch.Tensor, image_features: torch.Tensor | None = None, **kwargs):
+        return self.language_model(inputs_embeds=self.embed(input_ids, image_features), **kwargs)
+
+    def save_pretrained(self, path: str) -> None:
+        from safetensors.torch import save_file
+
+        os.makedirs(path, exist_ok=True)
+        self.language_model.save_pretrained(os.path.join(path, "language_model"))
+        save_file(
+            {k: v.contiguous() for k, v in self.projector.state_dict().items()},
+            os.path.join(path, "projector.safetensors"),
+        )
+        with open(os.path.join(path, COMPACT_DRAFTER_FILE), "w") as f:
+            json.dump(
+                {
+                    "type": "compact_llava",
+                    "feature_dim": self.feature_dim,
+                    "image_token_id": self.image_token_id,
+                    "projector_act": self.projector_act,
+                },
+                f,
+                indent=1,
+            )
+
+    @classmethod
+    def from_pretrained(cls, path: str, *, dtype: torch.dtype | None = None) -> CompactLlavaDrafter:
+        from safetensors.torch import load_file
+
+        with open(os.path.join(path, COMPACT_DRAFTER_FILE)) as f:
+            meta = json.load(f)
+        if meta.get("type") != "compact_llava":
+            raise ValueError(f"{path}: unknown drafter type {meta.get('type')!r}")
+        kw = {"dtype": dtype} if dtype is not None else {}
+        lm = _transformers().AutoModelForCausalLM.from_pretrained(os.path.join(path, "language_model"), **kw)
+        out = cls(lm, meta["feature_dim"], meta["image_token_id"], meta.get("projector_act", "gelu"))
+        out.projector.load_state_dict(load_file(os.path.join(path, "projector.safetensors")))
+        out.projector.to(dtype=lm.dtype)
+        return out.eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------
+
+
+def _from_pretrained(loader, name_or_path: str, role: str, **kw):
+    try:
+        return loader.from_pretrained(name_or_path, **kw)
+    except OSError as e:
+        where = "local directory" if os.path.isdir(name_or_path) else "local path or a cached hub name"
+        raise FileNotFoundError(
+            f"{role} {name_or_path!r} could not be loaded: it is not a {where} holding a model "
+            f"(without network only local directories and already-cached hub models load). Cause: {e}"
+        ) from e
+
+
+def load_target(
+    name_or_path: str, *, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu"
+) -> nn.Module:
+    """Load a target: a LLaVA checkpoint (``model_type == "llava"``) or any causal LM, in eval mode."""
+    tf = _transformers()
+    if not os.path.exists(name_or_path) and name_or_path.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"target {name_or_path!r}: no such file or directory")
+    cfg = _from_pretrained(tf.AutoConfig, name_or_path, "target")
+    kw = {"dtype": _dtype(dtype)} if dtype is not None else {}
+    if getattr(cfg, "model_type", None) == "llava":
+        model = _from_pretrained(tf.LlavaForConditionalGeneration, name_or_path, "target", **kw)
+    else:
+        model = _from_pretrained(tf.AutoModelForCausalLM, name_or_path, "target", **kw)
+    return model.to(device).eval()
+
+
+def load_drafter(
+    name_or_path: str, *, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu"
+) -> nn.Module:
+    """Load a drafter: a :class:`CompactLlavaDrafter` directory or any causal LM, in eval mode."""
+    if os.path.isfile(os.path.join(name_or_path, COMPACT_DRAFTER_FILE)):
+        return CompactLlavaDrafter.from_pretrained(name_or_path, dtype=_dtype(dtype)).to(device).eval()
+    if not os.path.exists(name_or_path) and name_or_path.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"drafter {name_or_path!r}: no such file or directory")
+    kw = {"dtype": _dtype(dtype)} if dtype is not None else {}
+    model = _from_pretrained(_transformers().AutoModelForCausalLM, name_or_path, "drafter", **kw)
+    return model.to(device).eval()
+
+
+def _dtype(dtype) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {
+        "float32": torch.float32,
+        "float16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "fp32": torch.float32,
+        "fp16": torch.float16,
+        "bf16": torch.bfloat16,
+        "float64": torch.float64,
+    }
+    if dtype not in names:
+        raise ValueError(f"dtype must be one of {sorted(names)}, got {dtype!r}")
+    return names[dtype]
+
+
+# ----------------------------------------------------------------------------------------------
+# One sequence through one model, with its KV cache
+# ----------------------------------------------------------------------------------------------
+
+
+class SequenceCache:
+    """The KV-cached state of one sequence (batch 1) in one model.
+
+    ``cache_len`` tokens have KV entries; ``pending`` are committed tokens not forwarded yet (the
+    correction/bonus token of the last round, plus accepted drafts the model never forwarded);
+    ``last_logits`` are the next-token logits after the cache when nothing is pending (right after
+    the prefill). Speculative tokens are forwarded on top of the cache and then rolled back
+    (:meth:`rollback`) or compacted (:meth:`compact`) to the accepted path, so the prefix is never
+    recomputed.
+
+    Token ids are the TARGET's: ``vocab_size`` is the target's vocabulary; the model's logits are
+    cut or padded with -inf to it (drafters with a different vocabulary: absent tokens get zero
+    draft probability), and ids the model has no embedding for are fed as ``unk_id``.
+    """
+
+    def __init__(self, model: nn.Module, vocab_size: int | None = None) -> None:
+        self.model = model
+        self.vocab_size = vocab_size
+        emb = model.get_input_embeddings()
+        self.num_embeddings = emb.num_embeddings
+        unk = getattr(model.config, "unk_token_id", None)
+        self.unk_id = int(unk) if isinstance(unk, int) and 0 <= unk < self.num_embeddings else 0
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.calls = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self.cache = _transformers().DynamicCache()
+        self.cache_len = 0
+        self.pending: list[int] = []
+        self.last_logits: torch.Tensor | None = None
+
+    # -- forwards --------------------------------------------------------------------------------
+
+    def _ids(self, tokens: Sequence[int]) -> torch.Tensor:
+        ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
+        if self.num_embeddings and int(ids.max()) >= self.num_embeddings:
+            ids = torch.where(ids >= self.num_embeddings, torch.full_like(ids, self.unk_id), ids)
+        return ids
+
+    def _align(self, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        V = self.vocab_size
+        if V is None or logits.shape[-1] == V:
+            return logits
+        if logits.shape[-1] > V:
+            return logits[..., :V]
+        pad = logits.new_full((*logits.shape[:-1], V - logits.shape[-1]), float("-inf"))
+        return torch.cat([logits, pad], -1)
+
+    def _forward(self, ids: torch.Tensor, *, keep_all: bool = True, **kw) -> torch.Tensor:
+        out = self.model(
+            input_ids=ids,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=0 if keep_all else 1,
+            **kw,
+        )
+        self.calls += 1
+        self.cache_len += ids.shape[1]
+        return self._align(out.logits[0])
+
+    def prefill(self, tokens: Sequence[int], **kw) -> torch.Tensor:
+        """Forward the prompt (with ``pixel_values`` / ``image_features`` in ``kw``); returns the
+        next-token logits [V] and keeps them as ``last_logits``."""
+        self.reset()
+        ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
+        if not isinstance(self.model, CompactLlavaDrafter) and "pixel_values" not in kw:
+            ids = self._ids(tokens)
+        self.last_logits = self._forward(ids, keep_all=False, **kw)[-1]
+        return self.last_logits
+
+    def logits_through(self, tokens: Sequence[int] = ()) -> torch.Tensor:
+        """Forward the pending tokens and ``tokens`` (causally, one call); returns the next-token
+        logits after the last committed token and after each of ``tokens``: [len(tokens) + 1, V]."""
+        inp = self.pending + list(tokens)
+        if not inp:
+            if self.last_logits is None:
+                raise RuntimeError("nothing is cached: call prefill first")
+            return self.last_logits[None]
+        out = self._forward(self._ids(inp))
+        if self.pending:
+            rows = out[len(self.pending) - 1 :]
+        else:
+            rows = torch.cat([self.last_logits[None], out])
+        self.pending = []
+        self.last_logits = out[-1]
+        return rows
+
+    def root_slot(self) -> int:
+        """The cache slot of the last committed token (the tree root) once it is forwarded."""
+        return self.cache_len + len(self.pending) - 1
+
+    def tree_logits(self, tokens: torch.Tensor, parents: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """Logits [end - start, V] of tree nodes ``start..end-1`` in one forward (tree attention).
+
+        Nodes ``0..start-1`` must already be in the cache right after the root's slot (node 0 is the
+        root, the last committed token); ``start == 0`` forwards the root too (it must be the only
+        pending token). ``tokens``/``parents`` are [1, >= end] in the tree format of specdec_kernels.
+        """
+        if start == 0:
+            if len(self.pending) > 1:  # forward what comes before the root causally first
+                self._forward(self._ids(self.pending[:-1]))
+                self.pending = self.pending[-1:]
+            if not self.pending:  # the root is cached already: its logits are last_logits
+                return torch.cat([self.last_logits[None], self.tree_logits(tokens, parents, 1, end)])
+            root = self.cache_len
+        else:
+            if self.pending:
+                raise RuntimeError("tree_logits(start > 0) needs the root and nodes < start cached")
+            root = self.cache_len - start
+        if end <= start:
+            return torch.empty(0, self.vocab_size or 0, device=self.device)
+        par = parents[:, :end]
+        bias = sk.tree_attention_bias(par, root, dtype=self.dtype, check=False)[:, :, start:end]
+        pos = sk.tree_position_ids(par, root, check=False)[:, start:end]
+        out = self._forward(self._ids(tokens[0, start:end].tolist()), attention_mask=bias, position_ids=pos)
+        self.pending = []
+        self.last_logits = None
+        return out
+
+    # -- after verification ------------------------------------------------------------------------
+
+    def accept(
+        self,
+        root: int,
+        forwarded: int,
+        path_nodes: list[int],
+        path_tokens: list[int],
+        final: int,
+        chain: bool,
+    ) -> None:
+        """Keep the root and the accepted path, drop the rest, queue what is not cached.
+
+        ``root``: the root's slot; nodes ``1..forwarded`` sit at ``root + node`` (chain drafts are
+        nodes 1..K). ``path_nodes``/``path_tokens``: the accepted nodes in depth order; ``final``: the
+        correction or bonus token.
+        """
+        m = 0
+        while m < len(path_nodes) and path_nodes[m] <= forwarded:
+            m += 1
+        if not chain and m and path_nodes[:m] != list(range(1, m + 1)):
+            nodes = torch.tensor([path_nodes[:m]], dtype=torch.long, device=self.device)
+            sk.compact_tree_kv(self.cache, nodes, root, check=False)
+        self.crop(root + 1 + m)
+        self.pending = list(path_tokens[m:]) + [final]
+        self.last_logits = None
+
+    def crop(self, length: int) -> None:
+        extra = int(self.cache.get_seq_length()) - length
+        if extra > 0:
+            self.cache.crop(-extra)  # transformers 5.x: remove |n|; 4.x also reads negative n that way
+        self.cache_len = min(self.cache_len, length)
