@@ -8,8 +8,11 @@
 # (the in-place build is kept between them, so the second call's build is a no-op):
 #   1. GPU_SESSION_SKIP="bench"                 build + tests (~4-6 min) + sanitizer
 #   2. GPU_SESSION_SKIP="tests sanitizer"       benchmarks of every op (~4 min)
+#   3. GPU_SESSION_SKIP="tests sanitizer bench" GPU_SESSION_DECODER=1
+#                                               the decoder on a LLaVA-7B-shaped target (~3 min)
 # Writes (at most 8 files, the device tool's limit): env.txt build.log tests.log sanitizer.log
-# bench.json <results>.csv summary.md. Copy the CSV into benchmarks/results/ and commit it.
+# bench.json <results>.csv summary.md (decoder.csv for phase 3). Copy the CSVs into
+# benchmarks/results/ and commit them.
 # Env: SPECDEC_CUDA_ARCHS (default 90), GPU_SESSION_SKIP="tests sanitizer bench" to skip phases,
 # BENCH_ARGS / TEST_ARGS extra pytest args for the benchmark / test phase (TEST_ARGS defaults to
 # "-n 16 --runslow" where pytest-xdist is installed, as in the GPU image: the whole suite, slow
@@ -69,6 +72,11 @@ if ! skip bench; then
   echo "results: $csv"
   $PY benchmarks/record.py --markdown "$csv" > "$OUT/summary.md" && cat "$OUT/summary.md"
   rm -f "$OUT/bench.log"  # its content is in bench.json; keeps the file count under the limit
+fi
+if [[ -n "${GPU_SESSION_DECODER:-}" ]]; then
+  stamp "decoder: LLaVA-7B-shaped target, 115M-shaped drafter (random fp16 weights)"
+  timeout "${DECODER_TIMEOUT:-420}" $PY benchmarks/decoder_overhead.py --shape llava7b \
+    --out "$OUT/decoder-llava7b-${SPECDEC_COMMIT:-unknown}.csv" || status=1
 fi
 stamp "done (status $status)"
 exit $status

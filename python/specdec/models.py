@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Sequence
 
 import torch
@@ -267,6 +268,10 @@ class SequenceCache:
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.calls = 0
+        # time inside model forwards (seconds; CUDA is synchronised around each), so the decoder
+        # can report what a round spends outside them
+        self.forward_s = 0.0
+        self._sync = self.device.type == "cuda"
         self.reset()
 
     def reset(self) -> None:
@@ -294,6 +299,9 @@ class SequenceCache:
         return torch.cat([logits, pad], -1)
 
     def _forward(self, ids: torch.Tensor, *, keep_all: bool = True, **kw) -> torch.Tensor:
+        if self._sync:
+            torch.cuda.synchronize(self.device)
+        t = time.perf_counter()
         out = self.model(
             input_ids=ids,
             past_key_values=self.cache,
@@ -301,9 +309,13 @@ class SequenceCache:
             logits_to_keep=0 if keep_all else 1,
             **kw,
         )
+        logits = self._align(out.logits[0])
+        if self._sync:
+            torch.cuda.synchronize(self.device)
+        self.forward_s += time.perf_counter() - t
         self.calls += 1
         self.cache_len += ids.shape[1]
-        return self._align(out.logits[0])
+        return logits
 
     def prefill(self, tokens: Sequence[int], **kw) -> torch.Tensor:
         """Forward the prompt (with ``pixel_values`` / ``image_features`` in ``kw``); returns the
