@@ -110,7 +110,8 @@ class SpeculativeDecoder:
         branching: tuple of children per level for "specinfer" / "rsd_c", e.g. (2, 2, 2).
         width, depth: for "rsd_s": W expansions kept per level, L levels.
         policy: "static", "adaedl" or "confidence" (chains only); ``policy_kwargs`` go to
-            :class:`specdec_kernels.policies.AdaEDL` / ``MaxConfidence`` (e.g. ``lam=0.5``).
+            :class:`specdec_kernels.policies.AdaEDL` / ``MaxConfidence`` (e.g. ``lam=0.5``; AdaEDL's
+            entropy coefficient ``gamma`` is ``entropy_gamma`` here, as ``gamma`` is the chain length).
 
     Example:
         >>> dec = SpeculativeDecoder(target, drafter, method="rsd_s", width=4, depth=3)  # doctest: +SKIP
@@ -177,8 +178,17 @@ class SpeculativeDecoder:
         cls = POLICIES[self.policy_name]
         if cls is None:
             return _policies.StaticLength(self.gamma)
+        kw = dict(self._policy_kwargs)
+        if "entropy_gamma" in kw:  # AdaEDL's entropy coefficient; `gamma` is the chain length here
+            if cls is not _policies.AdaEDL:
+                raise ValueError(f"entropy_gamma applies to policy 'adaedl', not {self.policy_name!r}")
+            kw["gamma"] = kw.pop("entropy_gamma")
+        elif "max_len" in kw or "gamma" in kw:
+            raise ValueError(
+                "the chain length is the decoder's gamma; AdaEDL's entropy coefficient is entropy_gamma"
+            )
         try:
-            return cls(max_len=self.gamma, **self._policy_kwargs)
+            return cls(max_len=self.gamma, **kw)
         except TypeError as e:
             raise ValueError(f"bad arguments for policy {self.policy_name!r}: {e}") from e
 

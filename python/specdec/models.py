@@ -397,7 +397,8 @@ class SequenceCache:
         while m < len(path_nodes) and path_nodes[m] <= forwarded:
             m += 1
         if not chain and m and path_nodes[:m] != list(range(1, m + 1)):
-            nodes = torch.tensor([path_nodes[:m]], dtype=torch.long, device=self.device)
+            # compact_tree_kv reads [B, N] rows padded with -1 (at most N - 1 accepted nodes)
+            nodes = torch.tensor([path_nodes[:m] + [-1]], dtype=torch.long, device=self.device)
             sk.compact_tree_kv(self.cache, nodes, root, check=False)
         self.crop(root + 1 + m)
         self.pending = list(path_tokens[m:]) + [final]

@@ -1,0 +1,585 @@
+"""``specdec``: speculative decoding from the command line.
+
+    specdec generate --target PATH_OR_NAME --drafter PATH_OR_NAME [--image FILE] --prompt TEXT
+                     [--method rsd_s --width 4 --depth 3 | --gamma 5 | --branching 2,2,2]
+                     [--policy adaedl --lam 0.5] [--temperature 0.7 --top-k 0 --top-p 1.0 --seed 0]
+                     [--max-new-tokens 128] [--dtype float16] [--device cuda] [--json]
+
+(also ``python -m specdec generate ...``). By default models load from local directories or the local
+Hugging Face cache only: the command sets Hugging Face offline mode (HF_HUB_OFFLINE=1) before loading
+anything, so nothing is downloaded and no network request is made (a 7B checkpoint is ~14 GB: fetch it
+on purpose, e.g. ``hf download NAME``, or pass ``--download``).
+
+Prompt building:
+  * text-only target: the prompt is tokenized as given (the tokenizer adds its BOS if it does).
+  * LLaVA target with ``--image``: a prompt that already contains the image placeholder (e.g.
+    ``<image>``) is used verbatim. Otherwise the prompt is wrapped with the processor's chat template
+    (one user turn: the image, then the text; generation prompt added), or, when the processor has no
+    chat template or ``--no-chat-template`` is given, the image token and a newline are prepended.
+    The processor then expands the placeholder to the image's feature count.
+  * LLaVA target without ``--image``: a plain text prompt (a placeholder in it is an error).
+
+Output: the generated text is streamed as rounds commit tokens (the whole generated suffix is decoded
+each time and only new characters are printed, so characters spanning several tokens render whole),
+then a stats table. ``--json`` prints one JSON object {"text", "stats", "args"} instead and streams
+nothing. A progress bar (tqdm, stderr) is shown with ``--progress``, or by default when stderr is a
+terminal and the text is not being streamed to a terminal too (the bar would garble it).
+
+Exit status: 0 on success; 2 on a usage or input error (missing model, unreadable image, image given to
+a text-only target, invalid decoder arguments), reported as one line on stderr; 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+PROG = "specdec"
+# Fallbacks for the help text when the core cannot be imported (the core is the authority: the
+# decoder validates method and policy, and the parser takes their lists from it when it can).
+_METHODS = ("ar", "sd", "specinfer", "rsd_c", "rsd_s")
+_POLICIES = ("static", "adaedl", "confidence")
+_DTYPES = ("float32", "float16", "bfloat16")
+
+
+class UsageError(Exception):
+    """A user error: reported as one line on stderr, exit status 2."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Parser
+# ----------------------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (argparse prints the whole usage block by default)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _version() -> str:
+    try:
+        import specdec
+
+        v = getattr(specdec, "__version__", None)
+        if v:
+            return str(v)
+    except Exception:  # the version flag must work even with a broken core
+        pass
+    try:
+        from importlib.metadata import version
+
+        return version("specdec_kernels")
+    except Exception:
+        return "unknown"
+
+
+def _core_names(attr: str, fallback: tuple[str, ...]) -> tuple[str, ...]:
+    try:
+        import specdec
+
+        names = getattr(specdec, attr, None)
+        return tuple(names) if names else fallback
+    except Exception:
+        return fallback
+
+
+def _branching(text: str) -> list[int]:
+    try:
+        out = [int(x) for x in re.split(r"[,x]", text.strip())]  # "2,2,2" or "2x2x2"
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers like 2,2,2, got {text!r}") from None
+    if any(b < 1 for b in out):
+        raise argparse.ArgumentTypeError(f"expected positive integers like 2,2,2, got {text!r}")
+    return out
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    return v
+
+
+def _policy_arg(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip().isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    v: Any = value
+    for conv in (int, float):
+        try:
+            v = conv(value)
+            break
+        except ValueError:
+            pass
+    if isinstance(v, str) and value.lower() in ("true", "false"):
+        v = value.lower() == "true"
+    return key.strip(), v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    methods = _core_names("METHODS", _METHODS)
+    policies = _core_names("POLICIES", _POLICIES)
+    parser = _Parser(
+        prog=PROG,
+        description="Speculative decoding (autoregressive, SD, SpecInfer, RSD-C, RSD-S) for Hugging Face "
+        "causal LMs and LLaVA models. Models load from local directories or the local Hugging Face "
+        "cache (offline) unless --download is given.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    g = sub.add_parser(
+        "generate",
+        help="generate text from a prompt (and an image for a LLaVA target)",
+        description="Generate a continuation of --prompt with a target model accelerated by a drafter. "
+        "The text streams as it is committed, then the decoding statistics are printed.",
+        epilog="Draft shapes: sd drafts a chain of --gamma tokens (fewer when an adaptive --policy stops "
+        "early); specinfer (i.i.d. children) and rsd_c (Gumbel-Top-k children) draft a tree with "
+        "--branching children per level, e.g. 2,2,2; rsd_s keeps --width beams for --depth levels "
+        "(Stochastic Beam Search). With --image on a LLaVA target, a prompt without the image "
+        "placeholder is wrapped with the processor's chat template (or gets the image token prepended).",
+    )
+    m = g.add_argument_group("models")
+    m.add_argument("--target", required=True, metavar="PATH_OR_NAME",
+                   help="target model: a local directory or a cached hub name (causal LM or LLaVA)")
+    m.add_argument("--drafter", metavar="PATH_OR_NAME",
+                   help="drafter model (causal LM sharing the target's tokenizer, or a specdec "
+                   "CompactLlavaDrafter directory); not needed with --method ar")
+    m.add_argument("--download", action="store_true",
+                   help="let Hugging Face download models named on the hub (default: offline, local "
+                   "directories and already-cached names only)")
+    m.add_argument("--dtype", choices=_DTYPES, default=None,
+                   help="load both models in this dtype (default: as saved)")
+    m.add_argument("--device", default=None, metavar="DEVICE",
+                   help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+
+    i = g.add_argument_group("input")
+    i.add_argument("--prompt", required=True, metavar="TEXT", help="the prompt text ('-' reads stdin)")
+    i.add_argument("--image", metavar="FILE", help="an image file for a LLaVA target")
+    i.add_argument("--no-chat-template", action="store_true",
+                   help="with --image, prepend the image token instead of applying the chat template")
+
+    d = g.add_argument_group("decoding")
+    d.add_argument("--method", default="sd", choices=methods,
+                   help="decoding method (default: %(default)s)")
+    d.add_argument("--gamma", type=_positive_int, default=5,
+                   help="draft length per round of sd (the maximum under an adaptive policy) "
+                   "(default: %(default)s)")
+    d.add_argument("--branching", type=_branching, default=None, metavar="B1,B2,...",
+                   help="children per tree level for specinfer and rsd_c, e.g. 2,2,2")
+    d.add_argument("--width", type=_positive_int, default=None,
+                   help="beams kept per level for rsd_s")
+    d.add_argument("--depth", type=_positive_int, default=None, help="tree depth (levels) for rsd_s")
+    d.add_argument("--policy", default="static", choices=policies,
+                   help="draft-length policy of sd (default: %(default)s)")
+    d.add_argument("--lam", type=float, default=None,
+                   help="initial threshold lambda of the adaedl / confidence policies")
+    d.add_argument("--policy-arg", type=_policy_arg, action="append", default=[], metavar="KEY=VALUE",
+                   help="extra keyword argument for the adaedl / confidence policy (repeatable), e.g. "
+                   "beta1=0.5")
+
+    s = g.add_argument_group("sampling")
+    s.add_argument("--temperature", type=float, default=0.0,
+                   help="sampling temperature; 0 = greedy (default: %(default)s)")
+    s.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; 0 = all (default: 0)")
+    s.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1.0)")
+    s.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
+    s.add_argument("--max-new-tokens", type=_positive_int, default=128,
+                   help="the most tokens to generate (default: %(default)s)")
+    s.add_argument("--ignore-eos", action="store_true",
+                   help="do not stop at the tokenizer's end-of-sequence token")
+
+    o = g.add_argument_group("output")
+    o.add_argument("--json", action="store_true",
+                   help='print one JSON object {"text", "stats", "args"} and nothing else on stdout')
+    o.add_argument("--progress", action="store_true",
+                   help="show a progress bar on stderr (default: only when stderr is a terminal and "
+                   "stdout is not)")
+    g.set_defaults(func=cmd_generate)
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _one_line(msg: object) -> str:
+    return re.sub(r"\s+", " ", str(msg)).strip()
+
+
+def _offline() -> None:
+    """Hugging Face offline mode: no download, no update check of cached files (which, without a
+    network, would retry for ~20 s before falling back to the cache). huggingface_hub reads the
+    variable at import, so an already imported hub (e.g. in a test session) is switched too."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None and hasattr(constants, "HF_HUB_OFFLINE"):
+        constants.HF_HUB_OFFLINE = True
+
+
+def _quiet_transformers() -> None:
+    """Keep stderr for our own messages: transformers' loading bars only on a terminal, and its
+    warnings only when TRANSFORMERS_VERBOSITY asks for them."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover
+        return
+    if not sys.stderr.isatty():
+        hf_logging.disable_progress_bar()
+    if "TRANSFORMERS_VERBOSITY" not in os.environ:
+        hf_logging.set_verbosity_error()
+
+
+def _resolve_device(name: str | None) -> str:
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device: unknown device {name!r} (use cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine")
+    return name
+
+
+def _open_image(path: str):
+    """The image as RGB, or UsageError (missing, not a file, not an image)."""
+    if not os.path.exists(path):
+        raise UsageError(f"--image {path!r}: no such file")
+    if not os.path.isfile(path):
+        raise UsageError(f"--image {path!r}: not a file")
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:  # pragma: no cover - the `llava` extra brings pillow
+        raise UsageError("--image needs pillow: pip install 'specdec_kernels[llava]'") from None
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise UsageError(f"--image {path!r}: cannot read it as an image ({_one_line(e)})") from None
+
+
+def _is_llava(model) -> bool:
+    cfg = getattr(model, "config", None)
+    if getattr(cfg, "model_type", None) == "llava":
+        return True
+    try:
+        from transformers import LlavaForConditionalGeneration
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(model, LlavaForConditionalGeneration)
+
+
+def _load_model(loader: Callable, role: str, name: str, dtype, device: str):
+    try:
+        return loader(name, dtype=dtype, device=device)
+    except FileNotFoundError as e:
+        raise UsageError(f"{role} model not found: {_one_line(e)}") from None
+    except OSError as e:  # a broken checkpoint directory (missing weights, unreadable config)
+        raise UsageError(f"{role} model {name!r} could not be loaded: {_one_line(e)}") from None
+
+
+def _load_processor(name: str, llava: bool):
+    """AutoProcessor (tokenizer + image processor) for a LLaVA target, AutoTokenizer otherwise."""
+    from transformers import AutoProcessor, AutoTokenizer
+
+    loader = AutoProcessor if llava else AutoTokenizer
+    try:
+        return loader.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError) as e:
+        kind = "processor" if llava else "tokenizer"
+        raise UsageError(f"could not load the {kind} of target {name!r}: {_one_line(e)}") from None
+
+
+def _starts_with_bos(text: str, tokenizer) -> bool:
+    bos = getattr(tokenizer, "bos_token", None)
+    return bool(bos) and text.startswith(bos)
+
+
+def build_inputs(args: argparse.Namespace, prompt: str, processor, llava: bool, image) -> dict[str, Any]:
+    """input_ids / attention_mask (and pixel_values) for the prompt, as the module doc describes."""
+    if not llava:
+        enc = processor(prompt, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc.get("attention_mask")}
+    tok = processor.tokenizer
+    image_token = getattr(processor, "image_token", None) or "<image>"
+    if image is None:
+        if image_token in prompt:
+            raise UsageError(f"the prompt contains the image placeholder {image_token!r} but no --image "
+                             "was given")
+        enc = tok(prompt, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc.get("attention_mask")}
+    text = prompt
+    if image_token not in prompt:
+        template = getattr(processor, "chat_template", None)
+        if template and not args.no_chat_template:
+            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+            text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        else:
+            text = f"{image_token}\n{prompt}"
+    kw = {"add_special_tokens": False} if _starts_with_bos(text, tok) else {}
+    enc = processor(images=image, text=text, return_tensors="pt", **kw)
+    return {"input_ids": enc["input_ids"], "attention_mask": enc.get("attention_mask"),
+            "pixel_values": enc["pixel_values"]}
+
+
+class TextStreamer:
+    """Receives the committed token ids after each round; prints the new characters of the decoded
+    generated suffix to ``out`` (when ``stream``) and advances a progress bar.
+
+    Decoding the whole suffix each time keeps multi-token characters whole: a trailing U+FFFD (an
+    incomplete UTF-8 sequence) and trailing whitespace are held back until later tokens settle them.
+    Tokens after the first EOS are dropped (the decoder stops there anyway)."""
+
+    def __init__(self, tokenizer, out: TextIO | None, eos_token_id: int | None, progress=None) -> None:
+        self.tokenizer = tokenizer
+        self.out = out
+        self.eos = eos_token_id
+        self.progress = progress
+        self.ids: list[int] = []
+        self.printed = ""
+        self.done = False
+
+    def decode(self) -> str:
+        return self.tokenizer.decode(self.ids, skip_special_tokens=True)
+
+    def _emit(self, text: str) -> None:
+        if self.out is not None and text.startswith(self.printed) and len(text) > len(self.printed):
+            self.out.write(text[len(self.printed):])
+            self.out.flush()
+            self.printed = text
+
+    def __call__(self, new_ids: Sequence[int]) -> None:
+        if self.done:
+            return
+        new = [int(t) for t in (new_ids.tolist() if hasattr(new_ids, "tolist") else new_ids)]
+        if self.eos is not None and self.eos in new:
+            new = new[: new.index(self.eos) + 1]
+            self.done = True
+        self.ids.extend(new)
+        if self.progress is not None:
+            self.progress.update(len(new))
+        if self.out is not None:
+            self._emit(self.decode().rstrip("\ufffd").rstrip())
+
+    def finish(self, final_text: str) -> None:
+        """Print what is still held back of ``final_text`` (the decoded result) and a newline."""
+        if self.out is None:
+            return
+        if final_text.startswith(self.printed):
+            self.out.write(final_text[len(self.printed):])
+        else:  # the tokenizer re-rendered earlier characters: print the rest from where they differ
+            n = len(os.path.commonprefix([final_text, self.printed]))
+            self.out.write(final_text[n:])
+        self.printed = final_text
+        self.out.write("\n")
+        self.out.flush()
+
+
+def _eos_id(tokenizer, target) -> int | None:
+    """The tokenizer's EOS id, else the target's generation config's (the first of a list)."""
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        eos = getattr(getattr(target, "generation_config", None), "eos_token_id", None)
+        if isinstance(eos, (list, tuple)):
+            eos = eos[0] if eos else None
+    return int(eos) if eos is not None else None
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if v != v or v in (float("inf"), float("-inf")):
+            return str(v)
+        return f"{v:.1f}" if abs(v) >= 1000 else f"{v:.4g}"
+    return str(v)
+
+
+def format_stats(stats: dict[str, Any], header: dict[str, Any] | None = None) -> str:
+    """A two-column table, keys left-aligned, values right-aligned."""
+    rows = [(k, _fmt(v)) for k, v in {**(header or {}), **stats}.items()]
+    kw = max(len(k) for k, _ in rows)
+    vw = max(len(v) for _, v in rows)
+    return "\n".join(f"{k:<{kw}}  {v:>{vw}}" for k, v in rows)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    if isinstance(v, float):
+        return v if v == v and v not in (float("inf"), float("-inf")) else None
+    if hasattr(v, "item"):  # 0-d tensors / numpy scalars
+        return _jsonable(v.item())
+    return str(v)
+
+
+def _progress_bar(args: argparse.Namespace, streaming_to_stdout: bool):
+    show = args.progress or (sys.stderr.isatty() and not (streaming_to_stdout and sys.stdout.isatty()))
+    if not show:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm comes with transformers
+        return None
+    return tqdm(total=args.max_new_tokens, unit="tok", file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# generate
+# ----------------------------------------------------------------------------------------------
+
+
+def _decoder_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    kw: dict[str, Any] = {"method": args.method, "gamma": args.gamma, "branching": args.branching,
+                          "width": args.width, "depth": args.depth, "policy": args.policy}
+    policy_kw = dict(args.policy_arg)
+    if args.lam is not None:
+        policy_kw["lam"] = args.lam
+    clash = sorted(set(policy_kw) & set(kw))
+    if clash:
+        raise UsageError(f"--policy-arg {clash[0]}=...: {clash[0]} is a decoder option, use --{clash[0]}")
+    kw.update(policy_kw)
+    return kw
+
+
+def _draft_shape(args: argparse.Namespace) -> str:
+    if args.method == "sd":
+        return f"gamma={args.gamma}" + (f", policy={args.policy}" if args.policy != "static" else "")
+    if args.method in ("specinfer", "rsd_c"):
+        return "branching=" + ",".join(map(str, args.branching or []))
+    if args.method == "rsd_s":
+        return f"width={args.width}, depth={args.depth}"
+    return "-"
+
+
+def cmd_generate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    if args.method != "ar" and not args.drafter:
+        raise UsageError(f"--drafter is required with --method {args.method}")
+    if args.temperature < 0:
+        raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    device = _resolve_device(args.device)
+    image = _open_image(args.image) if args.image else None  # before any model is loaded: fails fast
+
+    if not args.download:
+        _offline()
+
+    import torch
+
+    import specdec
+
+    _quiet_transformers()
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    target = _load_model(specdec.load_target, "target", args.target, dtype, device)
+    llava = _is_llava(target)
+    if image is not None and not llava:
+        mt = getattr(getattr(target, "config", None), "model_type", None)
+        raise UsageError(f"--image was given but the target {args.target!r} is a text-only model "
+                         f"(model_type {mt!r}); images need a LLaVA target")
+    processor = _load_processor(args.target, llava)
+    tokenizer = processor.tokenizer if llava else processor
+    drafter = None
+    if args.method != "ar":
+        drafter = _load_model(specdec.load_drafter, "drafter", args.drafter, dtype, device)
+
+    inputs = build_inputs(args, prompt, processor, llava, image)
+    tdev = next(target.parameters()).device
+    input_ids = inputs["input_ids"].to(tdev)
+    attention_mask = inputs.get("attention_mask")
+    attention_mask = attention_mask.to(tdev) if attention_mask is not None else None
+    pixel_values = inputs.get("pixel_values")
+    if pixel_values is not None:
+        pixel_values = pixel_values.to(device=tdev, dtype=next(target.parameters()).dtype)
+
+    try:
+        decoder = specdec.SpeculativeDecoder(target, drafter, **_decoder_kwargs(args))
+    except ValueError as e:
+        raise UsageError(f"invalid decoder arguments: {_one_line(e)}") from None
+    except TypeError as e:
+        if "keyword argument" not in str(e):
+            raise
+        raise UsageError(f"invalid policy argument: {_one_line(e)}") from None
+
+    eos = None if args.ignore_eos else _eos_id(tokenizer, target)
+    stream_out = None if args.json else stdout
+    bar = _progress_bar(args, streaming_to_stdout=stream_out is not None)
+    streamer = TextStreamer(tokenizer, stream_out, eos, bar)
+    t0 = time.perf_counter()
+    try:
+        res = decoder.generate(input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
+                               max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                               top_k=args.top_k, top_p=args.top_p, seed=args.seed, eos_token_id=eos,
+                               streamer=streamer)
+    except ValueError as e:
+        raise UsageError(f"invalid generation arguments: {_one_line(e)}") from None
+    finally:
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - t0
+
+    new_ids = res.sequences[0, input_ids.shape[1]:].tolist()
+    text = tokenizer.decode(new_ids, skip_special_tokens=True)
+    stats = res.stats.as_dict() if hasattr(res.stats, "as_dict") else dict(vars(res.stats))
+    stats.setdefault("wall_s", wall)
+    if args.json:
+        record = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
+        record["device"] = device
+        stdout.write(json.dumps({"text": text, "stats": _jsonable(stats), "args": _jsonable(record)}) + "\n")
+        stdout.flush()
+        return 0
+    streamer.finish(text)
+    header = {"method": args.method, "draft": _draft_shape(args), "prompt_tokens": int(input_ids.shape[1])}
+    stdout.write("\n" + format_stats(stats, header) + "\n")
+    stdout.flush()
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry point
+# ----------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (never raises SystemExit itself)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, usage errors
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    if getattr(args, "command", None) is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.func(args, sys.stdout, sys.stderr)
+    except UsageError as e:
+        sys.stdout.flush()
+        print(f"{PROG} {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
