@@ -667,7 +667,14 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
         # a copy of the tree without .git (e.g. a lent GPU machine): the runner says which commit
         commit, dirty = os.environ["SPECDEC_COMMIT"], None
     dev = bench_device()
+    try:
+        import transformers
+
+        transformers_version = transformers.__version__
+    except Exception:  # the decoder benchmarks skip without it
+        transformers_version = None
     machine_info["specdec"] = {
+        "transformers": transformers_version,
         "specdec_kernels": sk.__version__,
         "torch": torch.__version__,
         "triton": triton_version,

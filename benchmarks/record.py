@@ -52,16 +52,19 @@ def _fmt(x: float | None, nd: int) -> str:
     return "" if x is None else f"{x:.{nd}f}"
 
 
+def _json_commit(data: dict[str, Any]) -> str:
+    info = data.get("machine_info", {}).get("specdec", {})
+    commit = info.get("commit")
+    if commit:
+        return commit + ("-dirty" if info.get("dirty") else "")
+    return git_commit()  # written outside a git checkout: ask the checkout record.py runs in
+
+
 def rows_from_json(data: dict[str, Any], commit: str | None = None) -> list[dict[str, str]]:
     """One CSV row per timed benchmark of ``data`` (a pytest-benchmark JSON). ``commit``
     overrides the one recorded in the JSON (e.g. a run on a machine without the git checkout)."""
     info = data.get("machine_info", {}).get("specdec", {})
-    if not commit:
-        commit = info.get("commit")
-        if commit:
-            commit += "-dirty" if info.get("dirty") else ""
-        else:  # written outside a git checkout: ask the checkout record.py runs in
-            commit = git_commit()
+    commit = commit or _json_commit(data)
     date = str(data.get("datetime", ""))[:10] or "unknown"
     timed = []
     for b in data.get("benchmarks", []):
@@ -72,7 +75,7 @@ def rows_from_json(data: dict[str, Any], commit: str | None = None) -> list[dict
         median_s = st["median"] / calls
         timed.append((ex, median_s, st["iqr"] / calls))
     if not timed:
-        raise SystemExit("no timed benchmarks in this JSON (was it written with --benchmark-disable?)")
+        return []
 
     def key(ex: dict[str, Any]) -> tuple:
         return ex["op"], ex["device"], ex["B"], ex["K"], ex["V"], ex["dtype"]
@@ -115,11 +118,65 @@ def rows_from_json(data: dict[str, Any], commit: str | None = None) -> list[dict
     return sorted(rows, key=order)
 
 
-def record(json_path: str, out_dir: str, commit: str | None = None) -> str:
-    """Write the CSV of a pytest-benchmark JSON under ``out_dir``; returns its path."""
+DECODER_COLUMNS = [
+    "date", "commit", "device", "torch", "transformers", "case", "method", "temperature", "new_tokens",
+    "tau", "acceptance_rate", "mbsu", "param_ratio", "rounds", "target_calls", "median_ms", "tokens_per_s",
+    "speedup_vs_ar",
+]
+
+
+def decoder_rows_from_json(data: dict[str, Any], commit: str) -> list[dict[str, str]]:
+    """One row per timed end-to-end decoder benchmark (benchmarks/test_bench_decoder.py): tau and
+    tokens/s per method, and the speed-up over "ar" at the same temperature in the same run."""
+    info = data.get("machine_info", {}).get("specdec", {})
+    date = str(data.get("datetime", ""))[:10] or "unknown"
+    rows = []
+    for b in data.get("benchmarks", []):
+        ex, st = b.get("extra_info", {}), b.get("stats")
+        if not st or "tau" not in ex or "method" not in ex:
+            continue
+        rows.append({
+            "date": date, "commit": commit, "device": ex.get("device", "unknown"),
+            "torch": info.get("torch") or "unknown", "transformers": info.get("transformers") or "unknown",
+            "case": ex.get("case", ex["method"]), "method": ex["method"],
+            "temperature": str(ex["temperature"]),
+            "new_tokens": str(ex["new_tokens"]), "tau": _fmt(ex["tau"], 3),
+            "acceptance_rate": _fmt(ex["acceptance_rate"], 3), "mbsu": _fmt(ex["mbsu"], 3),
+            "param_ratio": _fmt(ex["param_ratio"], 4), "rounds": str(ex["rounds"]),
+            "target_calls": str(ex["target_calls"]), "median_ms": _fmt(st["median"] * 1e3, 3),
+            "tokens_per_s": _fmt(ex["new_tokens"] / st["median"], 1), "speedup_vs_ar": "",
+        })
+    ar = {r["temperature"]: float(r["median_ms"]) for r in rows if r["method"] == "ar"}
+    for r in rows:
+        if r["temperature"] in ar:
+            r["speedup_vs_ar"] = _fmt(ar[r["temperature"]] / float(r["median_ms"]), 2)
+    return rows
+
+
+def _write(path: str, columns: list[str], rows: list[dict[str, str]]) -> str:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def record(json_path: str, out_dir: str, commit: str | None = None) -> list[str]:
+    """Write the CSVs of a pytest-benchmark JSON under ``out_dir``: the ops' CSV (last) and, when the
+    run timed the decoder, ``decoder-<device>-<date>-<commit>.csv``. Returns their paths."""
     with open(json_path) as f:
         data = json.load(f)
     rows = rows_from_json(data, commit)
+    dec = decoder_rows_from_json(data, commit or _json_commit(data))
+    if not rows and not dec:
+        raise SystemExit("no timed benchmarks in this JSON (was it written with --benchmark-disable?)")
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    if dec:
+        name = f"decoder-{slug(dec[0]['device'])}-{dec[0]['date']}-{dec[0]['commit']}.csv"
+        paths.append(_write(os.path.join(out_dir, name), DECODER_COLUMNS, dec))
+    if not rows:
+        return paths
     info = data.get("machine_info", {}).get("specdec", {})
     load = info.get("loadavg_start"), info.get("loadavg_end")
     if all(load):
@@ -127,13 +184,8 @@ def record(json_path: str, out_dir: str, commit: str | None = None) -> str:
               f"of the run", file=sys.stderr)
     device = info.get("device") or rows[0]["device"]
     name = f"{slug(device)}-{rows[0]['date']}-{rows[0]['commit']}.csv"
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, name)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
-    return path
+    paths.append(_write(os.path.join(out_dir, name), COLUMNS, rows))
+    return paths
 
 
 def _num(s: str, nd: int) -> str:
@@ -190,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.json:
         ap.error("give a pytest-benchmark JSON, or --markdown CSV")
-    print(record(args.json, args.out_dir, args.commit))
+    for path in record(args.json, args.out_dir, args.commit):
+        print(path)
     return 0
 
 
