@@ -6,6 +6,7 @@ Public ops (see each docstring for shapes and dtypes):
     gumbel_topk, stochastic_beam_step   sampling without replacement (ALGORITHMS.md §2-3)
     verify_tree, verify_tree_greedy     exact tree verification (recursive rejection sampling, §4)
     tree_attention_mask, tree_position_ids, tree_attention_bias   tree attention inputs (§5)
+    tree_attention                      fused attention of tree nodes over prefix + ancestors (§5)
     compact_tree_kv                     move the accepted path's KV entries after the prefix
     draft_entropy, adaedl_stop          entropy-based early draft stopping (AdaEDL, §6)
     policies                            draft-length policies: StaticLength, AdaEDL, MaxConfidence
@@ -19,6 +20,7 @@ from __future__ import annotations
 from . import _backend
 from ._backend import use_backend
 from .ops._common import BeamStep, ChainResult, TopKSample, TreeResult
+from .ops.attention import TREE_ATTENTION_MAX_NODES, tree_attention
 from .ops.chain import VERIFY_CHAIN_OFFSET_STRIDE, verify_chain, verify_chain_greedy
 from .ops.entropy import adaedl_stop, draft_entropy
 from .ops.gumbel import GUMBEL_OFFSET_STRIDE, gumbel_topk, stochastic_beam_step
@@ -54,6 +56,7 @@ __all__ = [
     "ChainResult",
     "GUMBEL_OFFSET_STRIDE",
     "TopKSample",
+    "TREE_ATTENTION_MAX_NODES",
     "TreeResult",
     "VERIFY_TREE_OFFSET_STRIDE",
     "adaedl_stop",
@@ -62,6 +65,7 @@ __all__ = [
     "tvd_loss",
     "tvdpp_loss",
     "compact_tree_kv",
+    "tree_attention",
     "tree_attention_bias",
     "tree_attention_mask",
     "tree_position_ids",

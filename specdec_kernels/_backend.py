@@ -30,6 +30,7 @@ BACKENDS = ("reference", "cpu", "triton", "cuda")
 #                        triton (same reason: csrc/cuda/tree.cu compiles but has not run)
 #   draft_entropy        triton (same reason: csrc/cuda/entropy.cu)
 #   divergence           triton (the distillation losses have Triton kernels only; "cuda" runs them too)
+#   tree_attention       triton (no CUDA kernel; "cuda" runs the Triton one too)
 # An op missing here defaults to "cuda" when compiled, else "triton".
 CUDA_DEFAULTS: dict[str, str] = {
     "verify_chain": "cuda",
@@ -43,6 +44,7 @@ CUDA_DEFAULTS: dict[str, str] = {
     "tree_position_ids": "triton",
     "draft_entropy": "triton",
     "divergence": "triton",
+    "tree_attention": "triton",
 }
 
 _override: str | None = None

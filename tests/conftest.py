@@ -36,6 +36,7 @@ TRITON_MODULES = {
     "tree": "specdec_kernels.triton.tree",
     "entropy": "specdec_kernels.triton.entropy",
     "losses": "specdec_kernels.triton.losses",
+    "attention": "specdec_kernels.triton.attention",
 }
 
 
