@@ -5,6 +5,7 @@ they equal the target's greedy decoding."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -16,6 +17,7 @@ import specdec_kernels as sk
 from specdec_kernels import policies as _policies
 
 from .drafting import Draft, Sampler, draft_chain, draft_tree
+from .hf_attention import language_model, use_tree_attention
 from .models import CompactLlavaDrafter, SequenceCache, count_parameters, image_token_id, is_multimodal
 
 #: Methods: "ar" target alone (the baseline); "sd" chain; "specinfer" i.i.d. tree; "rsd_c" Gumbel-Top-k
@@ -109,6 +111,9 @@ class SpeculativeDecoder:
         gamma: chain length for "sd" (the policy's maximum).
         branching: tuple of children per level for "specinfer" / "rsd_c", e.g. (2, 2, 2).
         width, depth: for "rsd_s": W expansions kept per level, L levels.
+        tree_attention: "auto" (default: "fused" where the target supports it), "fused" (verify
+            trees with :func:`specdec_kernels.tree_attention` inside the target: no dense mask) or
+            "bias" (a dense additive mask through the target's own attention).
         policy: "static", "adaedl" or "confidence" (chains only); ``policy_kwargs`` go to
             :class:`specdec_kernels.policies.AdaEDL` / ``MaxConfidence`` (e.g. ``lam=0.5``; AdaEDL's
             entropy coefficient ``gamma`` is ``entropy_gamma`` here, as ``gamma`` is the chain length).
@@ -129,10 +134,26 @@ class SpeculativeDecoder:
         width: int | None = None,
         depth: int | None = None,
         policy: str = "static",
+        tree_attention: str = "auto",
         **policy_kwargs,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if tree_attention not in ("auto", "fused", "bias"):
+            raise ValueError(f"tree_attention must be 'auto', 'fused' or 'bias', got {tree_attention!r}")
+        if tree_attention == "fused" and language_model(target) is None:
+            raise ValueError(
+                "tree_attention='fused' needs a target whose (language) model takes transformers "
+                "attention implementations (AttentionInterface); use 'auto' or 'bias'"
+            )
+        # fused: the whole-tree verification forward runs specdec_kernels.tree_attention inside the
+        # target (no dense mask); bias: a dense additive [1, 1, N, L + N] mask through the model's own
+        # attention. Chains and the drafter's level-by-level forwards never need the fused path.
+        self.fused = (
+            tree_attention != "bias"
+            and method in ("specinfer", "rsd_c", "rsd_s")
+            and language_model(target) is not None
+        )
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {tuple(POLICIES)}, got {policy!r}")
         if method != "ar" and drafter is None:
@@ -301,9 +322,36 @@ class SpeculativeDecoder:
         elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
             raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
 
+        with use_tree_attention(self.target) if self.fused else contextlib.nullcontext():
+            return self._generate(
+                input_ids,
+                prompt,
+                pixel_values,
+                max_new_tokens,
+                temperature,
+                top_k,
+                top_p,
+                seed,
+                eos_token_id,
+                streamer,
+            )
+
+    def _generate(
+        self,
+        input_ids,
+        prompt,
+        pixel_values,
+        max_new_tokens,
+        temperature,
+        top_k,
+        top_p,
+        seed,
+        eos_token_id,
+        streamer,
+    ) -> GenerationResult:
         stats = GenerationStats(param_ratio=self.param_ratio)
         sampler = Sampler(temperature, top_k, top_p, seed)
-        target = SequenceCache(self.target)
+        target = SequenceCache(self.target, fused_tree_attention=self.fused)
         clock = _Clock(target.device)
         t0 = clock.now()
         vocab = None

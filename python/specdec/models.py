@@ -17,6 +17,8 @@ from torch import nn
 
 import specdec_kernels as sk
 
+from .hf_attention import MASK_KWARG
+
 #: The file that marks a directory as a :class:`CompactLlavaDrafter`.
 COMPACT_DRAFTER_FILE = "specdec_drafter.json"
 
@@ -258,9 +260,14 @@ class SequenceCache:
     draft probability), and ids the model has no embedding for are fed as ``unk_id``.
     """
 
-    def __init__(self, model: nn.Module, vocab_size: int | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, vocab_size: int | None = None, fused_tree_attention: bool = False
+    ) -> None:
         self.model = model
         self.vocab_size = vocab_size
+        # the model's attention runs specdec_hf_attention's "specdec_tree": whole-tree forwards pass
+        # the packed mask instead of a dense [1, 1, N, L + N] bias
+        self.fused = fused_tree_attention
         emb = model.get_input_embeddings()
         self.num_embeddings = emb.num_embeddings
         unk = getattr(model.config, "unk_token_id", None)
@@ -369,9 +376,16 @@ class SequenceCache:
         if end <= start:
             return torch.empty(0, self.vocab_size or 0, device=self.device)
         par = parents[:, :end]
-        bias = sk.tree_attention_bias(par, root, dtype=self.dtype, check=False)[:, :, start:end]
         pos = sk.tree_position_ids(par, root, check=False)[:, start:end]
-        out = self._forward(self._ids(tokens[0, start:end].tolist()), attention_mask=bias, position_ids=pos)
+        if self.fused and start == 0 and end <= sk.TREE_ATTENTION_MAX_NODES:
+            mask = {MASK_KWARG: sk.tree_attention_mask(par, packed=True, check=False)}
+        else:
+            mask = {
+                "attention_mask": sk.tree_attention_bias(par, root, dtype=self.dtype, check=False)[
+                    :, :, start:end
+                ]
+            }
+        out = self._forward(self._ids(tokens[0, start:end].tolist()), position_ids=pos, **mask)
         self.pending = []
         self.last_logits = None
         return out
