@@ -18,7 +18,7 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("PIL")
 
-import cli_fixtures as F  # noqa: E402  (tests/specdec is on sys.path: pytest's rootdir import mode)
+import cli_fixtures as F  # noqa: E402  (tests/decoder is on sys.path: pytest's rootdir import mode)
 from specdec import cli  # noqa: E402
 
 STATS_KEYS = ("rounds", "target_calls", "drafted", "accepted", "new_tokens", "block_efficiency",
