@@ -190,12 +190,35 @@ def row_grid(device: str) -> list[tuple[int, int, int]]:
     return [(R, 0, V) for V in vs for R in (1, 16, 256)]
 
 
+def attention_cases(dev: str) -> list[Case]:
+    """tree_attention: (B, N, L) in the (B, K, V) columns; each specdec backend, plus PyTorch SDPA
+    with the dense mask and plain decode attention as "torch" rows (test_bench_attention.py)."""
+    if dev == "cuda":
+        shapes, dts = [(1, N, L) for L in (512, 2048, 8192, 32768) for N in (8, 32, 64)], ["float16"]
+    else:
+        shapes, dts = [(1, N, L) for L in (512, 2048, 8192) for N in (8, 64)], dtypes()
+    out = []
+    for dt in dts:
+        for B, N, L in shapes:
+            for be in backends(dev):
+                if be == "reference" and (dev == "cuda" or L > 2048):
+                    continue  # float64 over the whole cache: a sanity point, not a contender
+                if be == "cuda":
+                    continue  # no CUDA kernel: that backend runs the Triton one
+                out.append(Case("tree_attention", "", be, dev, B, N, L, dt))
+            for variant in ("sdpa-dense", "decode"):
+                out.append(Case("tree_attention", variant, "torch", dev, B, N, L, dt))
+    return out
+
+
 def cases(op: str, variants: list[str]) -> list[Case]:
     """The grid on the bench device, plus the issue's fixed CPU case (always measured)."""
     dev = bench_device()
     out: list[Case] = []
     if dev == "cuda" and not torch.cuda.is_available():
         return out  # every benchmark is then reported as skipped (see pytest_generate_tests)
+    if op == "tree_attention":
+        return attention_cases(dev)
     row_k = op in ROW_K_OPS
     tree = op in TREE_OPS
     for dt in dtypes():
