@@ -322,35 +322,16 @@ class SpeculativeDecoder:
         elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
             raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
 
+        sampler = Sampler(temperature, top_k, top_p, seed)
         with use_tree_attention(self.target) if self.fused else contextlib.nullcontext():
             return self._generate(
-                input_ids,
-                prompt,
-                pixel_values,
-                max_new_tokens,
-                temperature,
-                top_k,
-                top_p,
-                seed,
-                eos_token_id,
-                streamer,
+                input_ids, prompt, pixel_values, max_new_tokens, sampler, eos_token_id, streamer
             )
 
     def _generate(
-        self,
-        input_ids,
-        prompt,
-        pixel_values,
-        max_new_tokens,
-        temperature,
-        top_k,
-        top_p,
-        seed,
-        eos_token_id,
-        streamer,
+        self, input_ids, prompt, pixel_values, max_new_tokens, sampler: Sampler, eos_token_id, streamer
     ) -> GenerationResult:
         stats = GenerationStats(param_ratio=self.param_ratio)
-        sampler = Sampler(temperature, top_k, top_p, seed)
         target = SequenceCache(self.target, fused_tree_attention=self.fused)
         clock = _Clock(target.device)
         t0 = clock.now()

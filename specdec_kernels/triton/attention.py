@@ -24,6 +24,28 @@ from .._backend import triton_interpret
 
 
 @triton.jit
+def _attend_tile(q, k, v, visible, scale, m_i, l_i, acc, UPCAST: tl.constexpr, IEEE: tl.constexpr):
+    """One online-softmax step of q [M, D] over a key/value tile [T, D]; ``visible`` [M, T] or [1, T]."""
+    if UPCAST:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    if IEEE:
+        s = tl.dot(q, tl.trans(k), input_precision="ieee")
+    else:
+        s = tl.dot(q, tl.trans(k))
+    s = tl.where(visible, s * scale, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.exp(m_i - m_new)
+    p = tl.exp(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if IEEE:
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+    else:
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _tree_attention_kernel(
     q_ptr, kc_ptr, vc_ptr, kt_ptr, vt_ptr, mask_ptr, seqlens_ptr,
     acc_ptr, m_ptr, l_ptr,
@@ -68,23 +90,7 @@ def _tree_attention_kernel(
         kv_ok = col_ok[:, None] & d_ok[None, :]
         k = tl.load(kc_base + cols[:, None] * skc_l + d[None, :], mask=kv_ok, other=0.0)
         v = tl.load(vc_base + cols[:, None] * svc_l + d[None, :], mask=kv_ok, other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
-        if IEEE:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(k))
-        s = tl.where(col_ok[None, :], s * scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        m_i, l_i, acc = _attend_tile(q, k, v, col_ok[None, :], scale, m_i, l_i, acc, UPCAST, IEEE)
 
     if split == NUM_SPLITS - 1:
         j = tl.arange(0, BLOCK_T)
@@ -93,27 +99,11 @@ def _tree_attention_kernel(
                      mask=j_ok[:, None] & d_ok[None, :], other=0.0)
         vt = tl.load(vt_ptr + b * svt_b + kvh * svt_h + j[:, None] * svt_n + d[None, :],
                      mask=j_ok[:, None] & d_ok[None, :], other=0.0)
-        if UPCAST:
-            kt = kt.to(tl.float32)
-            vt = vt.to(tl.float32)
         # bit j % 32 of word j // 32 of the node's mask row: only the bits, never a dense mask
         words = tl.load(mask_ptr + (b * N + node[:, None]) * W + j[None, :] // 32,
                         mask=row_ok[:, None] & j_ok[None, :], other=0)
         visible = ((words >> (j[None, :] % 32)) & 1) != 0
-        if IEEE:
-            s = tl.dot(q, tl.trans(kt), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(kt))
-        s = tl.where(visible, s * scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p, vt, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
-        m_i = m_new
+        m_i, l_i, acc = _attend_tile(q, kt, vt, visible, scale, m_i, l_i, acc, UPCAST, IEEE)
 
     # partial results of this split, rows (b, head, node)
     prow = ((b * Hq + head) * N + node) * NUM_SPLITS + split

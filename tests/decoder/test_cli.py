@@ -28,15 +28,6 @@ PROMPT = "the cat sat on the"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny batch-1 forwards: intra-op threads only add OpenMP waits (very slow on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module", autouse=True)
 def restore_offline_mode():
     """cli.main switches Hugging Face offline mode on for the process: undo it for later modules."""
     import huggingface_hub.constants as hc

@@ -21,14 +21,6 @@ specdec = pytest.importorskip("specdec")
 N_NEW = 40
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @dataclass(frozen=True)
 class M:
     """A method configuration and its draft depth (the bound of block efficiency is depth + 1)."""

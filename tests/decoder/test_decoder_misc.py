@@ -20,14 +20,6 @@ specdec = pytest.importorskip("specdec")
 N_NEW = 40
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TREE_AND_CHAIN = [
     ("sd-g5", {"method": "sd", "gamma": 5}),
     ("sd-g5-adaedl", {"method": "sd", "gamma": 5, "policy": "adaedl"}),
@@ -354,6 +346,10 @@ def test_unknown_method_raises():
     ({"method": "rsd_s", "depth": 2}, "width"),
     ({"method": "rsd_s", "width": 3}, "depth"),
     ({"method": "sd", "policy": "nope"}, "policy"),
+    ({"method": "sd", "policy": "confidence", "entropy_gamma": 0.2}, "entropy_gamma"),
+    ({"method": "sd", "policy": "adaedl", "max_len": 3}, "entropy_gamma"),
+    ({"method": "sd", "policy": "adaedl", "nope": 1}, "policy 'adaedl'"),
+    ({"method": "rsd_c", "policy": "adaedl"}, "chains"),
 ])
 def test_bad_method_arguments_raise(kw, word):
     with pytest.raises(ValueError, match=word):

@@ -43,16 +43,6 @@ N_SLOW = 1000
 P_MIN = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is several times faster than two (and immune to the
-    oversubscription of a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @dataclass(frozen=True)
 class Case:
     id: str

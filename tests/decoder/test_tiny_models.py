@@ -5,17 +5,8 @@ from __future__ import annotations
 
 import law
 import numpy as np
-import pytest
 import tiny_models as tm
 import torch
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_loaded_from_disk_float32_eval_sdpa():
