@@ -657,11 +657,16 @@ def run_benchmark(
     return out
 
 
+# Taken at import: every conftest.py is imported under the name ``conftest``, so by the time a
+# fixture runs ``sys.modules["conftest"]`` may be another directory's (tests/decoder/conftest.py).
+_THIS_MODULE = sys.modules[__name__]
+
+
 @pytest.fixture(scope="session")
 def bench() -> types.ModuleType:
     """This module, for the benchmark files: importing it as ``conftest`` by name would be
-    ambiguous when ``tests/conftest.py`` is collected in the same run."""
-    return sys.modules[__name__]
+    ambiguous when other conftest.py files are collected in the same run."""
+    return _THIS_MODULE
 
 
 # ----------------------------------------------------------------------------------------------
