@@ -133,6 +133,11 @@ setup(
     packages=find_packages(include=["specdec_kernels", "specdec_kernels.*"])
     + find_packages("python", include=["specdec", "specdec.*"]),
     package_dir={"specdec": "python/specdec"},
+    # The miniature lab's trained weights (float16 safetensors, a few MB) ship with the package so
+    # that `specdec demo` needs neither training nor network.
+    package_data={"specdec.lab": ["weights/*.json", "weights/*.csv", "weights/*/*.json",
+                                  "weights/*/*.safetensors", "weights/*/*/*.json",
+                                  "weights/*/*/*.safetensors"]},
     entry_points={"console_scripts": ["specdec = specdec.cli:main"]},
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy"],

@@ -229,6 +229,32 @@ def markdown(csv_path: str) -> str:
     return "\n".join(out)
 
 
+def record_lab_demo(demo_csv: str, out_dir: str, device: str, commit: str | None = None) -> str:
+    """Copy a ``specdec demo`` CSV under ``out_dir`` as ``lab-demo-<device>-<date>-<commit>.csv``
+    with the run's date, commit, device and library versions in front of every row."""
+    import datetime
+
+    import torch
+    import transformers
+
+    with open(demo_csv, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        demo_rows, demo_cols = list(reader), list(reader.fieldnames or [])
+    if not demo_rows:
+        raise SystemExit(f"{demo_csv}: no rows")
+    meta = {"date": datetime.date.today().isoformat(), "commit": commit or git_commit(), "device": device,
+            "torch": torch.__version__, "transformers": transformers.__version__}
+    rows = [{**meta, **r} for r in demo_rows]
+    os.makedirs(out_dir, exist_ok=True)
+    name = f"lab-demo-{slug(device)}-{meta['date']}-{meta['commit']}.csv"
+    path = os.path.join(out_dir, name)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=[*meta, *demo_cols])
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("json", nargs="?", help="pytest-benchmark JSON (--benchmark-json) to record")
@@ -236,7 +262,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--commit", help="commit to record when the JSON has none or a wrong one (default: "
                     "the JSON's, else `git rev-parse` here, else 'unknown')")
     ap.add_argument("--markdown", metavar="CSV", help="print a results CSV as a markdown table")
+    ap.add_argument("--lab-demo", metavar="CSV", help="record a `specdec demo` CSV (with --device)")
+    ap.add_argument("--device", help="with --lab-demo: the machine, e.g. 'AMD EPYC (1 thread)'")
     args = ap.parse_args(argv)
+    if args.lab_demo:
+        if not args.device:
+            ap.error("--lab-demo needs --device")
+        print(record_lab_demo(args.lab_demo, args.out_dir, args.device, args.commit))
+        return 0
     if args.markdown:
         print(markdown(args.markdown))
         return 0

@@ -5,7 +5,11 @@
                      [--policy adaedl --lam 0.5] [--temperature 0.7 --top-k 0 --top-p 1.0 --seed 0]
                      [--max-new-tokens 128] [--dtype float16] [--device cuda] [--json]
 
-(also ``python -m specdec generate ...``). By default models load from local directories or the local
+    specdec demo [--weights DIR] [--out DIR] [--prompts N] [--max-new-tokens N] [--seed N]
+                 [--threads N] [--progress | --no-progress] [--json]
+
+(also ``python -m specdec generate ...``; ``specdec demo`` runs every method on the miniature lab, see
+:mod:`specdec.lab.demo`). By default models load from local directories or the local
 Hugging Face cache only: the command sets Hugging Face offline mode (HF_HUB_OFFLINE=1) before loading
 anything, so nothing is downloaded and no network request is made (a 7B checkpoint is ~14 GB: fetch it
 on purpose, e.g. ``hf download NAME``, or pass ``--download``).
@@ -128,6 +132,15 @@ def _policy_arg(text: str) -> tuple[str, Any]:
     return key.strip(), v
 
 
+def _demo_prompts() -> str:
+    try:
+        from .lab.demo import DEFAULT_PROMPTS
+
+        return str(DEFAULT_PROMPTS)
+    except Exception:  # the help must work even with a broken core
+        return "the demo's"
+
+
 def build_parser() -> argparse.ArgumentParser:
     methods = _core_names("METHODS", _METHODS)
     policies = _core_names("POLICIES", _POLICIES)
@@ -207,6 +220,55 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show a progress bar on stderr (default: only when stderr is a terminal and "
                    "stdout is not)")
     g.set_defaults(func=cmd_generate)
+
+    dm = sub.add_parser(
+        "demo",
+        help="run every method on the miniature lab's tiny LLaVA and chart tau (CPU, about a minute)",
+        description="Decode a fixed set of lab scene prompts with ar, sd (gamma 3 / 5, static / adaedl), "
+        "specinfer 2x2, rsd_c 2-2 / 2-2-2 and rsd_s W3L2 / W4L3, each with the text-only and the image "
+        "drafter, at temperatures 0 and 0.7; print a table of tau, acceptance, MBSU and tokens/s, and "
+        "write demo.csv, demo.png (a bar chart of tau) and scene.png to --out.",
+    )
+    dm.add_argument(
+        "--weights", metavar="DIR", default=None, help="lab weights (default: those shipped in specdec/lab)"
+    )
+    dm.add_argument(
+        "--out", metavar="DIR", default="specdec_demo", help="output directory (default: %(default)s)"
+    )
+    dm.add_argument(
+        "--prompts",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help=f"number of prompts (default: {_demo_prompts()})",
+    )
+    dm.add_argument(
+        "--max-new-tokens",
+        type=_positive_int,
+        default=48,
+        metavar="N",
+        help="max tokens per answer (default: %(default)s)",
+    )
+    dm.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="prompt i samples with seed N + i (default: 0)"
+    )
+    dm.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="torch intra-op threads (default: 1, the fastest for these tiny models)",
+    )
+    dm.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
+    dm.add_argument(
+        "--json", action="store_true", help='print one JSON object {"rows", "files", "args"} on stdout'
+    )
+    dm.set_defaults(func=cmd_demo)
     return parser
 
 
@@ -552,6 +614,56 @@ def cmd_generate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> in
     header = {"method": args.method, "draft": _draft_shape(args), "prompt_tokens": int(input_ids.shape[1])}
     stdout.write("\n" + format_stats(stats, header) + "\n")
     stdout.flush()
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# demo
+# ----------------------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    _offline()
+
+    import torch
+
+    from .lab import demo
+    from .lab import models as lab_models
+
+    weights = args.weights or lab_models.weights_dir()
+    if not os.path.isdir(weights):  # checked before --out is created
+        raise UsageError(
+            f"no lab weights at {weights!r}: train them with `python -m specdec.lab.train "
+            f"--out {weights}` or pass --weights DIR"
+        )
+    try:
+        os.makedirs(args.out, exist_ok=True)  # fail before a minute of decoding, not after
+    except OSError as e:
+        raise UsageError(f"--out {args.out!r}: cannot create it ({_one_line(e)})") from None
+
+    _quiet_transformers()
+    torch.set_num_threads(args.threads)
+    kw: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "seed": args.seed, "progress": args.progress}
+    if args.prompts is not None:
+        kw["prompts"] = args.prompts
+
+    def log(*parts: object) -> None:
+        if not args.json:
+            print(*parts, file=stdout, flush=True)
+
+    try:
+        rows = demo.run_demo(weights, args.out, log=log, **kw)
+    except FileNotFoundError as e:  # the lab's loader: a model missing or unreadable in the weights dir
+        raise UsageError(_one_line(e)) from None
+    if args.json:
+        names = (("csv", "demo.csv"), ("plot", "demo.png"), ("scene", "scene.png"))
+        files = {k: os.path.abspath(os.path.join(args.out, f)) for k, f in names}
+        record = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
+        obj = {"rows": _jsonable(rows), "files": files, "args": _jsonable(record)}
+        stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        stdout.flush()
     return 0
 
 

@@ -67,7 +67,12 @@ class CompactLlavaDrafter(nn.Module):
     """
 
     def __init__(
-        self, language_model: nn.Module, feature_dim: int, image_token_id: int, projector_act: str = "gelu"
+        self,
+        language_model: nn.Module,
+        feature_dim: int,
+        image_token_id: int,
+        projector_act: str = "gelu",
+        projector_hidden: int | None = None,
     ) -> None:
         super().__init__()
         if feature_dim < 1:
@@ -77,11 +82,18 @@ class CompactLlavaDrafter(nn.Module):
         self.feature_dim = int(feature_dim)
         self.image_token_id = int(image_token_id)
         self.projector_act = projector_act
+        # The inner width defaults to the LM's; a target-sized one lets the first layer start as a
+        # copy of the target's own projector (the miniature lab does this).
+        self.projector_hidden = int(projector_hidden or hidden)
+        if self.projector_hidden < 1:
+            raise ValueError(f"projector_hidden must be >= 1, got {projector_hidden}")
         acts = {"gelu": nn.GELU(), "relu": nn.ReLU(), "silu": nn.SiLU()}
         if projector_act not in acts:
             raise ValueError(f"projector_act must be one of {sorted(acts)}, got {projector_act!r}")
         self.projector = nn.Sequential(
-            nn.Linear(feature_dim, hidden), acts[projector_act], nn.Linear(hidden, hidden)
+            nn.Linear(feature_dim, self.projector_hidden),
+            acts[projector_act],
+            nn.Linear(self.projector_hidden, hidden),
         )
         self.projector.to(dtype=language_model.dtype)
 
@@ -110,6 +122,7 @@ class CompactLlavaDrafter(nn.Module):
         feature_dim: int | None = None,
         image_token_id: int | None = None,
         projector_act: str = "gelu",
+        projector_hidden: int | None = None,
     ) -> CompactLlavaDrafter:
         """A drafter for ``target``: the feature size and image token id come from it unless given."""
         if target is not None:
@@ -121,7 +134,7 @@ class CompactLlavaDrafter(nn.Module):
             image_token_id = image_token_id if image_token_id is not None else target.config.image_token_id
         if feature_dim is None or image_token_id is None:
             raise ValueError("give target, or both feature_dim and image_token_id")
-        return cls(language_model, feature_dim, image_token_id, projector_act)
+        return cls(language_model, feature_dim, image_token_id, projector_act, projector_hidden)
 
     def embed(self, input_ids: torch.Tensor, image_features: torch.Tensor | None = None) -> torch.Tensor:
         emb_layer = self.get_input_embeddings()
@@ -157,6 +170,7 @@ class CompactLlavaDrafter(nn.Module):
                     "feature_dim": self.feature_dim,
                     "image_token_id": self.image_token_id,
                     "projector_act": self.projector_act,
+                    "projector_hidden": self.projector_hidden,
                 },
                 f,
                 indent=1,
@@ -172,7 +186,13 @@ class CompactLlavaDrafter(nn.Module):
             raise ValueError(f"{path}: unknown drafter type {meta.get('type')!r}")
         kw = {"dtype": dtype} if dtype is not None else {}
         lm = _transformers().AutoModelForCausalLM.from_pretrained(os.path.join(path, "language_model"), **kw)
-        out = cls(lm, meta["feature_dim"], meta["image_token_id"], meta.get("projector_act", "gelu"))
+        out = cls(
+            lm,
+            meta["feature_dim"],
+            meta["image_token_id"],
+            meta.get("projector_act", "gelu"),
+            meta.get("projector_hidden"),
+        )
         out.projector.load_state_dict(load_file(os.path.join(path, "projector.safetensors")))
         out.projector.to(dtype=lm.dtype)
         return out.eval()
