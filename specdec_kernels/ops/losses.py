@@ -126,7 +126,8 @@ def tvdpp_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, *, mas
         student_logits: Shape: (..., V), float32/float16/bfloat16; the gradient has its dtype.
         teacher_probs: the teacher's probabilities, same shape, any of those dtypes (no gradient).
         mask: bool of the leading shape; False positions are ignored (padding, prompt tokens).
-        normalize: None, "vocab" (default) or "batch".
+        normalize: None, "vocab" (default) or "batch". On the miniature lab the two trained
+            equally good drafters (docs/miniature_lab.md); "vocab" needs no cross-row statistics.
 
     Returns:
         A float32 scalar with autograd.
