@@ -91,6 +91,24 @@ def test_matches_reference_and_sdpa(backend, case, dtype):
     check_close(out, a, parents)
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-prefix", "blocked-prefix"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cpu_backend_both_prefix_paths(monkeypatch, fused, dtype):
+    """The cpu backend runs the prefix through torch's fused flash op when torch has it, else a
+    blocked online softmax (chunk 16 here, so several blocks): both paths meet the bound."""
+    from specdec_kernels.ops import attention as ops_attention
+
+    if fused and ops_attention._FLASH_CPU is None:
+        pytest.skip("this torch has no fused CPU flash attention op")
+    if not fused:
+        monkeypatch.setattr(ops_attention, "_FLASH_CPU", None)
+    for case in CASES:
+        B, Hq, Hkv, N, D, L, lens = case
+        a, parents = make(B, Hq, Hkv, N, D, L, dtype, "cpu", lens, seed=3)
+        out = ops_attention._tree_attention_cpu(**a, scale=a["q"].shape[-1] ** -0.5, chunk=16)
+        check_close(out, a, parents)
+
+
 def test_reference_equals_sdpa_float64():
     a, parents = make(2, 4, 2, 7, 16, 50, torch.float32, "cpu", [50, 9])
     a64 = {k: (v.double() if v.is_floating_point() else v) for k, v in a.items()}

@@ -140,13 +140,22 @@ def tree_attention(
     return _tree_attention_cpu(q, k_cache, v_cache, cache_seqlens, k_tree, v_tree, tree_mask, scale)
 
 
+# torch's fused CPU flash attention (private ATen op, present since torch 2.1): it returns the
+# log-sum-exp along with the output, which is what merging the prefix with the tree part needs.
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
 def _tree_attention_cpu(q, k_cache, v_cache, cache_seqlens, k_tree, v_tree, tree_mask, scale: float,
                         chunk: int = 2048) -> torch.Tensor:
-    """The cpu backend: blocked online softmax over the prefix with BLAS matmuls, in float32.
+    """The cpu backend: the prefix through torch's fused flash attention, the tree tile in float32,
+    merged by their log-sum-exps.
 
-    The G query heads of a KV head are stacked into one [G * N, D] matrix, so each KV chunk is
-    read once per KV head (no repeat of the cache for GQA), and at most [Hkv, G * N, chunk] scores
-    exist at a time instead of the dense [N, L + N] mask and scores.
+    The prefix needs no mask (every node sees all of it), so the G query heads of a KV head are
+    stacked into one [G * N, D] query block and the fused kernel reads each KV entry once per KV
+    head: no repeat of the cache for GQA and no [N, L + N] mask or score matrix. The [N, N] tree
+    tile is small and masked by the unpacked bits. 16-bit inputs stay 16-bit through the fused
+    kernel (it accumulates in float32; its output is rounded once to the input dtype before the
+    merge). Without the fused op: a blocked online softmax over BLAS matmuls (``chunk`` keys).
     """
     from ..reference.attention import unpack_bits
 
@@ -158,15 +167,28 @@ def _tree_attention_cpu(q, k_cache, v_cache, cache_seqlens, k_tree, v_tree, tree
     lens = cache_seqlens.tolist()
     f = torch.float32
     for b in range(B):
-        qb = q[b].to(f).reshape(Hkv, G * N, D) * scale
+        qn = q[b].reshape(Hkv, G * N, D)
+        qb = qn.to(f) * scale
         s = qb @ k_tree[b].to(f).transpose(-1, -2)  # [Hkv, G*N, N]
         s = s.masked_fill(~vis[b][None], float("-inf"))
         m = s.amax(-1).clamp_min(-1e30)
         p = torch.exp(s - m[..., None])
         den = p.sum(-1)
         acc = p @ v_tree[b].to(f)
-        for l0 in range(0, int(lens[b]), chunk):
-            l1 = min(l0 + chunk, int(lens[b]))
+        n = int(lens[b])
+        if n and _FLASH_CPU is not None:
+            kc, vc = k_cache[b : b + 1, :, :n], v_cache[b : b + 1, :, :n]
+            o_pre, lse_pre = _FLASH_CPU(qn[None], kc, vc, 0.0, False, scale=scale)
+            lse_tree = m + torch.log(den)
+            top = torch.maximum(lse_tree, lse_pre[0])
+            w_pre, w_tree = torch.exp(lse_pre[0] - top), torch.exp(lse_tree - top)
+            res = (o_pre[0].to(f) * w_pre[..., None] + acc / den[..., None] * w_tree[..., None]) / (
+                w_pre + w_tree
+            )[..., None]
+            out[b] = res.reshape(Hq, N, D).to(q.dtype)
+            continue
+        for l0 in range(0, n, chunk):
+            l1 = min(l0 + chunk, n)
             s = qb @ k_cache[b, :, l0:l1].to(f).transpose(-1, -2)
             m_new = torch.maximum(m, s.amax(-1))
             alpha = torch.exp(m - m_new)
