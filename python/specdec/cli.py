@@ -6,7 +6,7 @@
                      [--max-new-tokens 128] [--dtype float16] [--device cuda] [--json]
 
     specdec demo [--weights DIR] [--out DIR] [--prompts N] [--max-new-tokens N] [--seed N]
-                 [--threads N] [--progress | --no-progress] [--json]
+                 [--temperatures T [T ...]] [--threads N] [--progress | --no-progress] [--json]
 
 (also ``python -m specdec generate ...``; ``specdec demo`` runs every method on the miniature lab, see
 :mod:`specdec.lab.demo`). By default models load from local directories or the local
@@ -113,6 +113,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    return v
+
+
+def _temperature(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
     return v
 
 
@@ -251,6 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dm.add_argument(
         "--seed", type=int, default=0, metavar="N", help="prompt i samples with seed N + i (default: 0)"
+    )
+    dm.add_argument(
+        "--temperatures",
+        type=_temperature,
+        nargs="+",
+        default=None,
+        metavar="T",
+        help="sampling temperatures to run (default: 0 0.7; 0 = greedy)",
     )
     dm.add_argument(
         "--threads",
@@ -648,6 +666,8 @@ def cmd_demo(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     kw: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "seed": args.seed, "progress": args.progress}
     if args.prompts is not None:
         kw["prompts"] = args.prompts
+    if args.temperatures is not None:
+        kw["temperatures"] = tuple(args.temperatures)
 
     def log(*parts: object) -> None:
         if not args.json:

@@ -229,3 +229,15 @@ def test_python_m_specdec_demo_help():
     )
     assert res.returncode == 0, res.stderr
     assert "--weights" in res.stdout and "--no-progress" in res.stdout
+
+
+def test_cli_demo_temperatures(weights, tmp_path, capsys):
+    rc = cli.main(["demo", "--weights", weights, "--out", str(tmp_path), "--prompts", "1", "--max-new-tokens",
+                   "4", "--temperatures", "1.0", "--no-progress", "--json"])  # fmt: skip
+    stdout, err = capsys.readouterr()
+    assert rc == 0, err
+    assert {r["temperature"] for r in json.loads(stdout)["rows"]} == {1.0}
+    for bad in ("-1", "nan", "hot"):
+        rc = cli.main(["demo", "--weights", weights, "--out", str(tmp_path), "--temperatures", bad])
+        _, err = capsys.readouterr()
+        assert rc == 2 and "--temperatures" in err and err.count("\n") == 1, (bad, err)
