@@ -153,49 +153,58 @@ def _tree_attention_cpu(q, k_cache, v_cache, cache_seqlens, k_tree, v_tree, tree
     The prefix needs no mask (every node sees all of it), so the G query heads of a KV head are
     stacked into one [G * N, D] query block and the fused kernel reads each KV entry once per KV
     head: no repeat of the cache for GQA and no [N, L + N] mask or score matrix. The [N, N] tree
-    tile is small and masked by the unpacked bits. 16-bit inputs stay 16-bit through the fused
-    kernel (it accumulates in float32; its output is rounded once to the input dtype before the
-    merge). Without the fused op: a blocked online softmax over BLAS matmuls (``chunk`` keys).
+    tile is small: it is computed for the whole batch at once (a few ops, not a Python loop: at short
+    prefixes per-op overhead is what this backend spends its time on). 16-bit inputs stay 16-bit
+    through the fused kernel (it accumulates in float32; its output is rounded once to the input
+    dtype before the merge). Without the fused op: a blocked online softmax over BLAS matmuls
+    (``chunk`` keys at a time).
     """
     from ..reference.attention import unpack_bits
 
     B, Hq, N, D = q.shape
     Hkv = k_cache.shape[1]
     G = Hq // Hkv
-    out = torch.empty_like(q)
-    vis = unpack_bits(tree_mask, N).repeat(1, G, 1)  # [B, G * N, N]: row r is node r % N
-    lens = cache_seqlens.tolist()
     f = torch.float32
+    qn = q.reshape(B, Hkv, G * N, D)
+    qb = qn.to(f) * scale
+    s = (qb @ k_tree.to(f).transpose(-1, -2)).view(B, Hkv, G, N, N)
+    s = s.masked_fill(~unpack_bits(tree_mask, N)[:, None, None], float("-inf")).view(B, Hkv, G * N, N)
+    # finite when every node sees itself (check=True enforces it); the clamp keeps a bad mask under
+    # check=False from turning a row into NaN through exp(-inf - -inf)
+    m = s.amax(-1).clamp_min(-1e30)
+    p = torch.exp(s - m[..., None])
+    den = p.sum(-1)
+    acc = p @ v_tree.to(f)  # [B, Hkv, G*N, D], unnormalised
+    lens = cache_seqlens.tolist()
+    if _FLASH_CPU is not None:
+        lse_tree = m + torch.log(den)
+        o_tree = acc / torch.where(den > 0, den, torch.ones_like(den))[..., None]
+        groups = [(0, B, lens[0])] if len(set(lens)) == 1 else [(b, b + 1, lens[b]) for b in range(B)]
+        outs = []
+        for b0, b1, n in groups:
+            if n == 0:
+                outs.append(o_tree[b0:b1])
+                continue
+            o_pre, lse_pre = _FLASH_CPU(qn[b0:b1], k_cache[b0:b1, :, :n], v_cache[b0:b1, :, :n], 0.0, False,
+                                        scale=scale)  # fmt: skip
+            top = torch.maximum(lse_tree[b0:b1], lse_pre)
+            w_pre, w_tree = torch.exp(lse_pre - top), torch.exp(lse_tree[b0:b1] - top)
+            res = o_pre.to(f) * w_pre[..., None] + o_tree[b0:b1] * w_tree[..., None]
+            outs.append(res / (w_pre + w_tree)[..., None])
+        res = outs[0] if len(outs) == 1 else torch.cat(outs)
+        return res.reshape(B, Hq, N, D).to(q.dtype)
+    out = torch.empty_like(q)
     for b in range(B):
-        qn = q[b].reshape(Hkv, G * N, D)
-        qb = qn.to(f) * scale
-        s = qb @ k_tree[b].to(f).transpose(-1, -2)  # [Hkv, G*N, N]
-        s = s.masked_fill(~vis[b][None], float("-inf"))
-        m = s.amax(-1).clamp_min(-1e30)
-        p = torch.exp(s - m[..., None])
-        den = p.sum(-1)
-        acc = p @ v_tree[b].to(f)
-        n = int(lens[b])
-        if n and _FLASH_CPU is not None:
-            kc, vc = k_cache[b : b + 1, :, :n], v_cache[b : b + 1, :, :n]
-            o_pre, lse_pre = _FLASH_CPU(qn[None], kc, vc, 0.0, False, scale=scale)
-            lse_tree = m + torch.log(den)
-            top = torch.maximum(lse_tree, lse_pre[0])
-            w_pre, w_tree = torch.exp(lse_pre[0] - top), torch.exp(lse_tree - top)
-            res = (o_pre[0].to(f) * w_pre[..., None] + acc / den[..., None] * w_tree[..., None]) / (
-                w_pre + w_tree
-            )[..., None]
-            out[b] = res.reshape(Hq, N, D).to(q.dtype)
-            continue
-        for l0 in range(0, n, chunk):
-            l1 = min(l0 + chunk, n)
-            s = qb @ k_cache[b, :, l0:l1].to(f).transpose(-1, -2)
-            m_new = torch.maximum(m, s.amax(-1))
-            alpha = torch.exp(m - m_new)
-            p = torch.exp(s - m_new[..., None])
-            den = den * alpha + p.sum(-1)
-            acc = acc * alpha[..., None] + p @ v_cache[b, :, l0:l1].to(f)
-            m = m_new
-        res = acc / torch.where(den > 0, den, torch.ones_like(den))[..., None]
+        mb, denb, accb = m[b], den[b], acc[b]
+        for l0 in range(0, int(lens[b]), chunk):
+            l1 = min(l0 + chunk, int(lens[b]))
+            sb = qb[b] @ k_cache[b, :, l0:l1].to(f).transpose(-1, -2)
+            m_new = torch.maximum(mb, sb.amax(-1))
+            alpha = torch.exp(mb - m_new)
+            pb = torch.exp(sb - m_new[..., None])
+            denb = denb * alpha + pb.sum(-1)
+            accb = accb * alpha[..., None] + pb @ v_cache[b, :, l0:l1].to(f)
+            mb = m_new
+        res = accb / torch.where(denb > 0, denb, torch.ones_like(denb))[..., None]
         out[b] = res.reshape(Hq, N, D).to(q.dtype)
     return out
