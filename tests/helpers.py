@@ -26,3 +26,17 @@ def with_generator(kw: dict) -> dict:
     if kw.get("generator") is not None:
         kw["generator"] = torch.Generator().manual_seed(kw["generator"])
     return kw
+
+
+def capture_cuda_graph(fn):
+    """Run ``fn`` once on a side stream (Triton compiles on first launch, off the capture), then
+    capture it into a CUDA graph. Returns ``(graph, static_output)``: replays rewrite the output."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = fn()
+    return graph, static

@@ -8,7 +8,7 @@ import functools
 
 import pytest
 import torch
-from helpers import to_device, with_generator
+from helpers import capture_cuda_graph, to_device, with_generator
 from scipy import stats
 
 import specdec_kernels as sk
@@ -943,14 +943,7 @@ def test_cuda_graph_capture_replay(cuda_backend):
     def step():
         return sk.verify_chain(x, p, q, num_draft=nd, seed=seed, offset=offset, check=False)
 
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):  # warm-up (Triton compiles on first launch) off the capture
-        step()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static = step()
+    graph, static = capture_cuda_graph(step)
     outs = []
     for r in range(3):
         offset.fill_(r * STRIDE)  # in place: the captured kernels read the new offset
@@ -966,14 +959,7 @@ def test_cuda_graph_capture_replay(cuda_backend):
 def test_cuda_graph_capture_greedy(cuda_backend):
     d = cuda_backend.device
     inputs = to_device(make_greedy(33, 5, 111, seed=0, ragged=True), d)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        sk.verify_chain_greedy(**inputs, check=False)
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static = sk.verify_chain_greedy(**inputs, check=False)
+    graph, static = capture_cuda_graph(lambda: sk.verify_chain_greedy(**inputs, check=False))
     inputs["target_logits"].copy_(inputs["target_logits"].flip(-1))
     graph.replay()
     torch.cuda.synchronize()

@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from helpers import to_device, with_generator
+from helpers import capture_cuda_graph, to_device, with_generator
 from scipy import stats
 
 import specdec_kernels as sk
@@ -1296,18 +1296,6 @@ def test_torch_compile_fullgraph_cuda(compile_backend):
     _compile_check("cuda", compile_backend)
 
 
-def _capture(fn):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):  # warm-up (Triton compiles on first launch) off the capture
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static = fn()
-    return graph, static
-
-
 @pytest.mark.cuda
 def test_cuda_graph_capture_replay(cuda_backend):
     d = cuda_backend.device
@@ -1326,8 +1314,8 @@ def test_cuda_graph_capture_replay(cuda_backend):
         return sk.stochastic_beam_step(xb, phi, G, 5, temperature=T, beam_mask=mask, seed=seed, offset=offset,
                                        check=False)
 
-    g1, static1 = _capture(topk)
-    g2, static2 = _capture(beam)
+    g1, static1 = capture_cuda_graph(topk)
+    g2, static2 = capture_cuda_graph(beam)
     outs = []
     for r in range(3):
         offset.fill_(r * STRIDE)  # in place: the captured kernels read the new offset

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from helpers import capture_cuda_graph
 
 import specdec_kernels as sk
 import specdec_kernels.reference as ref
@@ -339,14 +340,9 @@ def test_cuda_graph_sampling_probs(cuda_backend):
     t = torch.full((33,), 0.7, device=d)
     k = torch.full((33,), 5, dtype=torch.long, device=d)
     p = torch.full((33,), 0.9, device=d)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        sk.sampling_probs(x, temperature=t, top_k=k, top_p=p, check=False)
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static = sk.sampling_probs(x, temperature=t, top_k=k, top_p=p, check=False)
+    graph, static = capture_cuda_graph(
+        lambda: sk.sampling_probs(x, temperature=t, top_k=k, top_p=p, check=False)
+    )
     for step in range(2):
         x.copy_(make_logits(33, 111, seed=10 + step).to(d))
         k.fill_(3 + step)  # parameters updated in place are read by the replay

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import capture_cuda_graph
 
 import specdec_kernels as sk
 from specdec_kernels.reference.attention import tree_attention as ref_tree_attention
@@ -198,14 +199,7 @@ def test_cuda_graph_capture_and_replay(cuda_backend):
     """No host sync and no allocation outside the graph pool: the op captures and replays exactly."""
     a, _ = make(2, 8, 2, 9, 64, 3000, torch.float16, "cuda", [3000, 1200])
     eager = sk.tree_attention(**a, check=False)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        sk.tree_attention(**a, check=False)
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        out = sk.tree_attention(**a, check=False)
+    g, out = capture_cuda_graph(lambda: sk.tree_attention(**a, check=False))
     a["q"].mul_(1.0)  # inputs unchanged: the replay must reproduce the eager result bit for bit
     g.replay()
     torch.cuda.synchronize()

@@ -84,7 +84,7 @@ class CompactLlavaDrafter(nn.Module):
         self.projector_act = projector_act
         # The inner width defaults to the LM's; a target-sized one lets the first layer start as a
         # copy of the target's own projector (the miniature lab does this).
-        self.projector_hidden = int(projector_hidden or hidden)
+        self.projector_hidden = hidden if projector_hidden is None else int(projector_hidden)
         if self.projector_hidden < 1:
             raise ValueError(f"projector_hidden must be >= 1, got {projector_hidden}")
         acts = {"gelu": nn.GELU(), "relu": nn.ReLU(), "silu": nn.SiLU()}

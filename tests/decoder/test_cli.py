@@ -21,24 +21,12 @@ pytest.importorskip("PIL")
 import cli_fixtures as F  # noqa: E402  (tests/decoder is on sys.path: pytest's rootdir import mode)
 from specdec import cli  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("restore_offline_mode")
+
 STATS_KEYS = ("rounds", "target_calls", "drafted", "accepted", "new_tokens", "block_efficiency",
               "acceptance_rate", "mbsu", "param_ratio", "tokens_per_s", "wall_s", "draft_s", "target_s",
               "verify_s", "cache_s")
 PROMPT = "the cat sat on the"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def restore_offline_mode():
-    """cli.main switches Hugging Face offline mode on for the process: undo it for later modules."""
-    import huggingface_hub.constants as hc
-
-    env, const = os.environ.get("HF_HUB_OFFLINE"), hc.HF_HUB_OFFLINE
-    yield
-    hc.HF_HUB_OFFLINE = const
-    if env is None:
-        os.environ.pop("HF_HUB_OFFLINE", None)
-    else:
-        os.environ["HF_HUB_OFFLINE"] = env
 
 
 @pytest.fixture(scope="session")

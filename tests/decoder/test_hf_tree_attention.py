@@ -20,8 +20,7 @@ PARENTS = [-1, 0, 0, 1, 1, 2, 3, 3, 6]
 
 def tiny_llama(impl: str, seed: int = 0):
     torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    cfg = tm.llama_config(40)  # 2 layers, hidden 32, 4 heads / 2 KV heads, MLP 64
     cfg._attn_implementation = impl
     return transformers.LlamaForCausalLM(cfg).eval()
 

@@ -181,3 +181,39 @@ def test_specdec_demo_finishes_in_two_minutes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert os.path.isfile(tmp_path / "demo.csv") and os.path.isfile(tmp_path / "demo.png")
     assert wall < 120, f"specdec demo took {wall:.0f} s"
+
+
+def test_compact_drafter_argument_errors():
+    from specdec import CompactLlavaDrafter
+
+    lm = lab_models.build_text_drafter()
+    with pytest.raises(ValueError, match="feature_dim"):
+        CompactLlavaDrafter(lm, 0, scenes.IMAGE_ID)
+    with pytest.raises(ValueError, match="projector_act"):
+        CompactLlavaDrafter(lm, 8, scenes.IMAGE_ID, projector_act="tanh")
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match="projector_hidden"):
+            CompactLlavaDrafter(lm, 8, scenes.IMAGE_ID, projector_hidden=bad)
+    assert CompactLlavaDrafter(lm, 8, scenes.IMAGE_ID).projector_hidden == lm.config.hidden_size
+
+
+def test_image_drafter_adapter_starts_from_the_target_projector_and_round_trips(quick_run, tmp_path):
+    out, _ = quick_run
+    target = lab_models.load("target", path=out)
+    built = lab_models.build_image_drafter(lab_models.build_text_drafter(), target)
+    first = target.model.multi_modal_projector.linear_1
+    assert torch.equal(built.projector[0].weight, first.weight)
+    assert torch.equal(built.projector[0].bias, first.bias)
+    built.save_pretrained(str(tmp_path / "d"))
+    from specdec import load_drafter
+
+    back = load_drafter(str(tmp_path / "d"))
+    assert back.projector_hidden == first.out_features == built.projector_hidden
+    for a, b in zip(back.projector.state_dict().values(), built.projector.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_train_all_refuses_a_missing_target_dir(tmp_path):
+    with pytest.raises(FileNotFoundError, match="target_dir"):
+        train.train_all(str(tmp_path / "out"), train.Schedule.quick(), log=lambda *_: None,
+                        target_dir=str(tmp_path / "no_target"))  # fmt: skip

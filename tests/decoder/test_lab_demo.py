@@ -19,19 +19,7 @@ from specdec import SpeculativeDecoder, cli  # noqa: E402
 from specdec.lab import demo, train  # noqa: E402
 from specdec.lab import models as lab_models  # noqa: E402
 
-
-@pytest.fixture(scope="module", autouse=True)
-def restore_offline_mode():
-    """cli.main switches Hugging Face offline mode on for the process: undo it for later modules."""
-    import huggingface_hub.constants as hc
-
-    env, const = os.environ.get("HF_HUB_OFFLINE"), hc.HF_HUB_OFFLINE
-    yield
-    hc.HF_HUB_OFFLINE = const
-    if env is None:
-        os.environ.pop("HF_HUB_OFFLINE", None)
-    else:
-        os.environ["HF_HUB_OFFLINE"] = env
+pytestmark = pytest.mark.usefixtures("restore_offline_mode")
 
 
 @pytest.fixture(scope="module")

@@ -146,10 +146,11 @@ NEVER_GENERATED = [scenes.PAD_ID, scenes.BOS_ID, scenes.UNK_ID, scenes.IMAGE_ID,
 
 @torch.no_grad()
 def generate_answers(
-    target, exs, *, temperature: float, seed: int, max_new_tokens: int = 48
+    target, exs, *, temperature: float, seed: int, max_new_tokens: int = 48, pixel_values=None
 ) -> list[list[int]]:
     """The target's sampled answer ids (without </s>) to each example's question, one Philox-seeded
-    batch: prompts are left-padded for generation."""
+    batch: prompts are left-padded for generation. ``pixel_values``: the examples' images, if the
+    caller has rendered them already."""
     prompts = [scenes.prompt_ids(e.question) for e in exs]
     P = max(map(len, prompts))
     ids = torch.full((len(prompts), P), scenes.PAD_ID, dtype=torch.long)
@@ -157,7 +158,7 @@ def generate_answers(
     for i, p in enumerate(prompts):
         ids[i, P - len(p) :] = torch.tensor(p)
         att[i, P - len(p) :] = 1
-    pix = scenes.pixel_values([scenes.render(e.scene) for e in exs])
+    pix = scenes.pixel_values([scenes.render(e.scene) for e in exs]) if pixel_values is None else pixel_values
     torch.manual_seed(seed)
     out = target.generate(
         input_ids=ids, attention_mask=att, pixel_values=pix, do_sample=temperature > 0,
@@ -192,10 +193,10 @@ def distillation_set(target, n: int, *, seed: int, batch: int = 256, log: Callab
     rows, pixels = [], []
     for s in range(0, n, batch):
         chunk = exs[s : s + batch]
-        answers = generate_answers(target, chunk, temperature=1.0, seed=seed + s)
+        pixels.append(scenes.pixel_values([scenes.render(e.scene) for e in chunk]))
+        answers = generate_answers(target, chunk, temperature=1.0, seed=seed + s, pixel_values=pixels[-1])
         for e, a in zip(chunk, answers, strict=True):
             rows.append(scenes.prompt_ids(e.question) + a + [scenes.EOS_ID])
-        pixels.append(scenes.pixel_values([scenes.render(e.scene) for e in chunk]))
     T = max(map(len, rows))
     ids = torch.full((n, T), scenes.PAD_ID, dtype=torch.long)
     mask = torch.zeros((n, T), dtype=torch.long)
@@ -204,6 +205,7 @@ def distillation_set(target, n: int, *, seed: int, batch: int = 256, log: Callab
         ids[i, : len(r)] = torch.tensor(r)
         mask[i, : len(r)] = 1
         answer[i, len(scenes.prompt_ids(e.question)) - 1 : len(r) - 1] = True
+    pixels = torch.cat(pixels)
     teacher = torch.zeros((n, T, len(scenes.VOCAB)))
     feats = []
     proj = target.model.multi_modal_projector
@@ -211,7 +213,7 @@ def distillation_set(target, n: int, *, seed: int, batch: int = 256, log: Callab
     try:
         for s in range(0, n, batch):
             sl = slice(s, s + batch)
-            logits = target(input_ids=ids[sl], attention_mask=mask[sl], pixel_values=torch.cat(pixels)[sl],
+            logits = target(input_ids=ids[sl], attention_mask=mask[sl], pixel_values=pixels[sl],
                             use_cache=False).logits  # fmt: skip
             teacher[sl] = torch.softmax(logits.float(), -1) * answer[sl, :, None]
     finally:
