@@ -5,6 +5,9 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(specdec, m) {
+  // The CPU kernels' vector paths (csrc/cpu/simd.h): level 0 = scalar, 1 = AVX2. A level < 0 only
+  // reports; otherwise the level is set (capped at what the CPU supports). Returns the level before.
+  m.def("cpu_simd(int level=-1) -> int");
   // Chain speculative sampling (ALGORITHMS.md §1). seed/offset: int64 [B]; row_streams: when true
   // row b uses Philox stream b (one int seed for the batch), else stream 0 (a seed per request).
   m.def(

@@ -16,20 +16,6 @@
 namespace specdec {
 namespace {
 
-// Exponential race over one row. mode: 0 = r = p, 1 = r = max(0, p - q), 2 = r = p with `skip`
-// removed. Returns -1 when every r is zero.
-template <typename T>
-int64_t race_row(const T* p, const T* q, int64_t skip, int64_t V, int mode, const DrawKey& key) {
-  return race_over(
-      [&](int64_t v) {
-        float x = static_cast<float>(p[v]);
-        if (mode == 1) x = std::max(0.f, x - static_cast<float>(q[v]));
-        if (mode == 2 && v == skip) x = 0.f;
-        return x;
-      },
-      V, key);
-}
-
 std::tuple<at::Tensor, at::Tensor> verify_chain_cpu(const at::Tensor& draft_tokens,
                                                     const at::Tensor& target_probs_in,
                                                     const std::optional<at::Tensor>& draft_probs_in,
@@ -81,16 +67,16 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_cpu(const at::Tensor& draft_toke
         const scalar_t* prow = P + b * pB + a * pK;
         int64_t y;
         if (a == n) {
-          y = race_row<scalar_t>(prow, nullptr, -1, V, 0, sample_key);
+          y = race_row(RowP<scalar_t>{prow}, V, sample_key);
         } else {
           if (Q) {
-            y = race_row<scalar_t>(prow, Q + b * qB + a * qK, -1, V, 1, sample_key);
+            y = race_row(RowResidual<scalar_t>{prow, Q + b * qB + a * qK}, V, sample_key);
           } else {
-            y = race_row<scalar_t>(prow, nullptr, dt[b][a], V, 2, sample_key);
+            y = race_row(RowWithout<scalar_t>{prow, dt[b][a]}, V, sample_key);
           }
           // Residual of zero mass (p == q on the support, or p one-hot at the rejected draft):
           // a measure-zero event for valid inputs; fall back to p itself.
-          if (y < 0) y = race_row<scalar_t>(prow, nullptr, -1, V, 0, sample_key);
+          if (y < 0) y = race_row(RowP<scalar_t>{prow}, V, sample_key);
         }
         out[b][a] = y < 0 ? 0 : y;
         nacc[b] = a;
@@ -125,16 +111,7 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_greedy_cpu(
         int64_t a = 0;
         for (;; ++a) {
           // Argmax with ties to the smallest index; NaN never wins (rejected upstream by check=True).
-          const scalar_t* row = L + b * sB + a * sK;
-          float best = -std::numeric_limits<float>::infinity();
-          int64_t arg = 0;
-          for (int64_t v = 0; v < V; ++v) {
-            const float x = static_cast<float>(row[v]);
-            if (x > best) {
-              best = x;
-              arg = v;
-            }
-          }
+          const int64_t arg = argmax_row(L + b * sB + a * sK, V);
           if (a == n || dt[b][a] != arg) {
             out[b][a] = arg;
             break;

@@ -25,6 +25,97 @@ bool contains(const std::vector<int64_t>& s, int64_t x) {
   return std::find(s.begin(), s.end(), x) != s.end();
 }
 
+// The residual of one node after `scale` worth of rejections, fl32(max(0, p - scale q)) (p itself
+// for one-hot drafts), with the tokens of `removed` (rejected siblings drawn without replacement,
+// or rejected one-hot drafts) at zero when `drop_removed` is set.
+template <typename T>
+struct TreeResidual {
+  const T* p;
+  const T* q;  // nullptr: one-hot drafts
+  float scale;
+  const std::vector<int64_t>* removed;  // nullptr: nothing removed
+
+  float at(int64_t v) const {
+    if (removed && contains(*removed, v)) return 0.f;
+    const float pv = static_cast<float>(p[v]);
+    return q ? tree_residual(pv, static_cast<float>(q[v]), scale) : pv;
+  }
+#if SPECDEC_HAVE_AVX2
+  SPECDEC_AVX2 __m256 vec(int64_t v) const {
+    __m256 r = load8(p + v);
+    if (q) {
+      // tree_residual eight lanes at a time: scale * q is exact in double, so the fused
+      // multiply-subtract rounds once, like the scalar difference.
+      const __m256 qv = load8(q + v);
+      const __m256d s = _mm256_set1_pd(static_cast<double>(scale)), zero = _mm256_setzero_pd();
+      __m256d lo = _mm256_fnmadd_pd(s, _mm256_cvtps_pd(_mm256_castps256_ps128(qv)),
+                                    _mm256_cvtps_pd(_mm256_castps256_ps128(r)));
+      __m256d hi = _mm256_fnmadd_pd(s, _mm256_cvtps_pd(_mm256_extractf128_ps(qv, 1)),
+                                    _mm256_cvtps_pd(_mm256_extractf128_ps(r, 1)));
+      lo = _mm256_and_pd(lo, _mm256_cmp_pd(lo, zero, _CMP_GT_OQ));  // NaN and <= 0 give 0
+      hi = _mm256_and_pd(hi, _mm256_cmp_pd(hi, zero, _CMP_GT_OQ));
+      r = _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo));
+    }
+    if (removed) {
+      for (const int64_t s : *removed) {
+        if (s >= v && s < v + 8) {
+          const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+          const __m256i hit = _mm256_cmpeq_epi32(lane, _mm256_set1_epi32(static_cast<int>(s - v)));
+          r = _mm256_andnot_ps(_mm256_castsi256_ps(hit), r);
+        }
+      }
+    }
+    return r;
+  }
+#endif
+};
+
+#if SPECDEC_HAVE_AVX2
+// fixed_point_add over four lanes: the same words (hi = floor(r 2^32), lo = floor(r 2^64) - hi 2^32,
+// both exact integers below 2^33 in double), turned into int64 by the 2^52 trick.
+SPECDEC_AVX2 inline void fixed_point_add4(__m256d r, __m256i& hi, __m256i& lo) {
+  const __m256d zero = _mm256_setzero_pd(), one = _mm256_set1_pd(1.0);
+  r = _mm256_and_pd(_mm256_min_pd(r, one), _mm256_cmp_pd(r, zero, _CMP_GT_OQ));
+  const __m256d h = _mm256_round_pd(_mm256_mul_pd(r, _mm256_set1_pd(4294967296.0)),
+                                    _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+  const __m256d l = _mm256_round_pd(
+      _mm256_fmsub_pd(r, _mm256_set1_pd(18446744073709551616.0), _mm256_mul_pd(h, _mm256_set1_pd(4294967296.0))),
+      _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+  const __m256d magic = _mm256_set1_pd(4503599627370496.0);  // 2^52
+  const __m256i mbits = _mm256_castpd_si256(magic);
+  hi = _mm256_add_epi64(hi, _mm256_sub_epi64(_mm256_castpd_si256(_mm256_add_pd(h, magic)), mbits));
+  lo = _mm256_add_epi64(lo, _mm256_sub_epi64(_mm256_castpd_si256(_mm256_add_pd(l, magic)), mbits));
+}
+
+template <typename T>
+SPECDEC_AVX2 void residual_words_avx2(const TreeResidual<T>& f, int64_t V, int64_t& hi, int64_t& lo) {
+  __m256i h = _mm256_setzero_si256(), l = _mm256_setzero_si256();
+  const int64_t V8 = V & ~int64_t(7);
+  for (int64_t v = 0; v < V8; v += 8) {
+    const __m256 r = f.vec(v);
+    fixed_point_add4(_mm256_cvtps_pd(_mm256_castps256_ps128(r)), h, l);
+    fixed_point_add4(_mm256_cvtps_pd(_mm256_extractf128_ps(r, 1)), h, l);
+  }
+  alignas(32) int64_t hw[4], lw[4];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(hw), h);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lw), l);
+  for (int j = 0; j < 4; ++j) {
+    hi += hw[j];
+    lo += lw[j];
+  }
+  for (int64_t v = V8; v < V; ++v) fixed_point_add(f.at(v), hi, lo);
+}
+#endif
+
+// The fixed-point words of the residual's whole row (order-independent integer sums).
+template <typename T>
+void residual_words(const TreeResidual<T>& f, int64_t V, int64_t& hi, int64_t& lo) {
+#if SPECDEC_HAVE_AVX2
+  if (simd_enabled()) return residual_words_avx2(f, V, hi, lo);
+#endif
+  for (int64_t v = 0; v < V; ++v) fixed_point_add(f.at(v), hi, lo);
+}
+
 // The next child of `node` after index `after` (children are the later valid nodes whose parent is
 // node, in index order), or -1.
 int64_t next_child(const int64_t* par, int64_t par_stride, int64_t node, int64_t after, int64_t n_valid) {
@@ -87,7 +178,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cpu(
           const scalar_t* q = Q ? Q + b * qB + node * qN : nullptr;
           int64_t child = next_child(prow_par, par_stride, node, node, n_valid);
           if (child < 0) {  // leaf: bonus token from p
-            y = race_over([&](int64_t v) { return static_cast<float>(p[v]); }, V, sample_key);
+            y = race_row(RowP<scalar_t>{p}, V, sample_key);
             break;
           }
           float scale = 0.f;
@@ -95,8 +186,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cpu(
           bool fresh = true;
           removed.clear();
           auto residual = [&](int64_t v) -> float {
-            const float pv = static_cast<float>(p[v]);
-            return q ? tree_residual(pv, static_cast<float>(q[v]), scale) : pv;
+            return TreeResidual<scalar_t>{p, q, scale, nullptr}.at(v);
           };
           int64_t chosen = -1;
           for (; child >= 0; child = next_child(prow_par, par_stride, node, child, n_valid)) {
@@ -106,7 +196,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cpu(
               // Exact mass of the residual: the integer sums of its fixed-point words, minus the
               // words of the excluded tokens (same words, so the difference is exact too).
               int64_t hi = 0, lo = 0;
-              for (int64_t v = 0; v < V; ++v) fixed_point_add(residual(v), hi, lo);
+              residual_words(TreeResidual<scalar_t>{p, q, scale, nullptr}, V, hi, lo);
               for (const int64_t s : removed) {
                 int64_t shi = 0, slo = 0;
                 fixed_point_add(residual(s), shi, slo);
@@ -145,9 +235,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cpu(
             node = chosen;
             continue;
           }
-          y = race_over([&](int64_t v) { return contains(removed, v) ? 0.f : residual(v); }, V, sample_key);
+          y = race_row(TreeResidual<scalar_t>{p, q, scale, removed.empty() ? nullptr : &removed}, V,
+                       sample_key);
           // Residual of zero mass: measure zero for valid inputs; fall back to p.
-          if (y < 0) y = race_over([&](int64_t v) { return static_cast<float>(p[v]); }, V, sample_key);
+          if (y < 0) y = race_row(RowP<scalar_t>{p}, V, sample_key);
           break;
         }
         o_tok[b][a] = y < 0 ? 0 : y;
@@ -186,16 +277,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_greedy_cpu(
         int64_t node = 0, a = 0, best_tok = 0;
         while (true) {
           // Argmax with ties to the smallest index; NaN never wins; an all -inf row gives 0.
-          const scalar_t* row = L + b * sB + node * sN;
-          float best = -std::numeric_limits<float>::infinity();
-          best_tok = 0;
-          for (int64_t v = 0; v < V; ++v) {
-            const float x = static_cast<float>(row[v]);
-            if (x > best) {
-              best = x;
-              best_tok = v;
-            }
-          }
+          best_tok = argmax_row(L + b * sB + node * sN, V);
           int64_t match = -1;
           for (int64_t c = next_child(prow_par, parents.stride(1), node, node, n_valid); c >= 0;
                c = next_child(prow_par, parents.stride(1), node, c, n_valid)) {
