@@ -18,7 +18,7 @@ Backends: reference, cpu (C++), triton, cuda (C++); see ``specdec_kernels.backen
 from __future__ import annotations
 
 from . import _backend
-from ._backend import use_backend
+from ._backend import cpu_simd_level, use_backend, use_cpu_simd
 from .ops._common import BeamStep, ChainResult, TopKSample, TreeResult
 from .ops.attention import TREE_ATTENTION_MAX_NODES, tree_attention
 from .ops.chain import VERIFY_CHAIN_OFFSET_STRIDE, verify_chain, verify_chain_greedy
@@ -75,9 +75,11 @@ __all__ = [
     "stochastic_beam_step",
     "VERIFY_CHAIN_OFFSET_STRIDE",
     "backends",
+    "cpu_simd_level",
     "policies",
     "sampling_probs",
     "use_backend",
+    "use_cpu_simd",
     "verify_chain",
     "verify_chain_greedy",
 ]

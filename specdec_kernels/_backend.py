@@ -158,3 +158,44 @@ def use_backend(name: str | None):
         yield
     finally:
         _override = old
+
+
+#: Names of the cpu backend's vector levels (csrc/cpu/simd.h).
+CPU_SIMD_LEVELS = ("scalar", "avx2", "avx512")
+
+
+def cpu_simd_level(*, supported: bool = False) -> int:
+    """The vector level the cpu backend's C++ kernels run at: 0 scalar, 1 AVX2 (+FMA, F16C),
+    2 AVX-512 for the Philox draws. ``supported=True`` gives the best level this CPU has instead
+    of the current one (``SPECDEC_CPU_SIMD=0|1|2`` caps the starting level). -1 without the
+    compiled extension. Every level gives the same tokens; sums and probabilities agree within
+    float32 rounding."""
+    if not cpp_status()[0]:
+        return -1
+    ops = torch.ops.specdec
+    if not supported:
+        return int(ops.cpu_simd(-1))
+    old = int(ops.cpu_simd(2))
+    best = int(ops.cpu_simd(old))
+    return best
+
+
+@contextlib.contextmanager
+def use_cpu_simd(level: int | str | None):
+    """Run the cpu backend's kernels at a lower vector level inside a ``with`` block (tests and
+    benchmarks compare the levels); ``None`` leaves the level as it is. A level above what the CPU
+    supports is capped."""
+    if level is None or not cpp_status()[0]:
+        yield
+        return
+    if isinstance(level, str):
+        if level not in CPU_SIMD_LEVELS:
+            raise ValueError(f"level must be one of {', '.join(CPU_SIMD_LEVELS)} or 0-2, got {level!r}")
+        level = CPU_SIMD_LEVELS.index(level)
+    if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 2:
+        raise ValueError(f"level must be 0, 1 or 2 (or a name in {CPU_SIMD_LEVELS}), got {level!r}")
+    old = int(torch.ops.specdec.cpu_simd(level))
+    try:
+        yield
+    finally:
+        torch.ops.specdec.cpu_simd(old)

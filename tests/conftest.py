@@ -41,15 +41,30 @@ TRITON_MODULES = {
 
 
 class Backend(NamedTuple):
-    """The backend a test runs on and the device its inputs must be on."""
+    """The backend a test runs on and the device its inputs must be on (and, for the cpu backend,
+    the vector level of its C++ kernels: None = the best this CPU has)."""
 
     name: str
     device: torch.device
+    simd: int | None = None
 
     @property
     def interpreted(self) -> bool:
         """Triton on CPU tensors: every op runs in Python, so tests use fewer/smaller inputs."""
         return self.name == "triton" and self.device.type == "cpu"
+
+
+# The cpu backend's C++ kernels pick AVX-512, AVX2 or scalar code at run time (csrc/cpu/simd.h);
+# every test of the cpu backend also runs with the lower levels this CPU has, so each code path is
+# checked against the reference, not only the one this machine would pick.
+_SIMD_NAMES = {0: "scalar", 1: "avx2", 2: "avx512"}
+
+
+def _simd_levels() -> list[int]:
+    if "cpu" not in sk.backends("cpu"):
+        return []
+    best = sk.cpu_simd_level(supported=True)
+    return list(range(best))
 
 
 def _params(devices, exclude=()):
@@ -61,7 +76,10 @@ def _params(devices, exclude=()):
             if name in exclude:
                 continue
             marks = [pytest.mark.cuda] if dev == "cuda" else []
-            params.append(pytest.param((name, dev), id=f"{dev}-{name}", marks=marks))
+            params.append(pytest.param((name, dev, None), id=f"{dev}-{name}", marks=marks))
+            if dev == "cpu" and name == "cpu":
+                for level in reversed(_simd_levels()):
+                    params.append(pytest.param((name, dev, level), id=f"{dev}-{name}@{_SIMD_NAMES[level]}"))
     return params
 
 
@@ -70,7 +88,7 @@ _ALL_PARAMS = _params(["cpu", "cuda"])
 # tensors) can never be captured, so it is excluded there. Without CUDA one placeholder param keeps
 # the test visible as a skip ("needs CUDA") instead of an empty parametrisation.
 _CUDA_PARAMS = _params(["cuda"], exclude=("reference",)) or [
-    pytest.param(("none", "cuda"), id="no-cuda", marks=pytest.mark.cuda)
+    pytest.param(("none", "cuda", None), id="no-cuda", marks=pytest.mark.cuda)
 ]
 
 
@@ -85,26 +103,27 @@ def _require_triton_modules(request) -> None:
 
 
 def _enter(request):
-    name, dev = request.param
+    name, dev, simd = request.param
     if dev == "cuda" and not HAS_CUDA:
         pytest.skip("needs CUDA")
     if name == "triton":
         _require_triton_modules(request)
-    return name, torch.device(dev)
+    return name, torch.device(dev), simd
 
 
 @pytest.fixture(params=_ALL_PARAMS)
 def backend(request):
-    """Each backend available here (CPU tensors, and CUDA tensors when CUDA exists), forced."""
-    name, dev = _enter(request)
-    with sk.use_backend(name):
-        yield Backend(name, dev)
+    """Each backend available here (CPU tensors, and CUDA tensors when CUDA exists), forced; the
+    cpu backend once per vector level of its kernels."""
+    name, dev, simd = _enter(request)
+    with sk.use_backend(name), sk.use_cpu_simd(simd):
+        yield Backend(name, dev, simd)
 
 
 @pytest.fixture(params=_CUDA_PARAMS)
 def cuda_backend(request):
     """Each capturable backend for CUDA tensors (skips without CUDA)."""
-    name, dev = _enter(request)
+    name, dev, _ = _enter(request)
     with sk.use_backend(name):
         yield Backend(name, dev)
 
@@ -120,8 +139,16 @@ def pytest_collection_modifyitems(config, items):
     run_slow = config.getoption("--runslow") or bool(config.getoption("markexpr"))
     skip_slow = pytest.mark.skip(reason="slow statistical test: run with --runslow or -m slow")
     skip_cuda = pytest.mark.skip(reason="needs CUDA")
+    skip_lower_simd = pytest.mark.skip(
+        reason="slow statistical test: run at the best vector level only (every level gives the "
+               "same tokens, which the fast tests check against the reference)")
     for item in items:
         if item.get_closest_marker("slow") and not run_slow:
             item.add_marker(skip_slow)
+        callspec = getattr(item, "callspec", None)
+        param = callspec.params.get("backend") if callspec is not None else None
+        if item.get_closest_marker("slow") and isinstance(param, tuple) and len(param) == 3 \
+                and param[2] is not None:
+            item.add_marker(skip_lower_simd)
         if item.get_closest_marker("cuda") and not HAS_CUDA:
             item.add_marker(skip_cuda)

@@ -6,9 +6,9 @@
 // A row functor F has `float at(int64_t v)` (one element) and, for the AVX2 path,
 // `__m256 vec(int64_t v)` (elements v .. v + 7, all < V), both giving the same floats.
 //
-// The AVX2 path (race_avx2) draws the uniforms of 32 elements at once (simd.h) and computes a key
+// The AVX2 path (race_avx2) draws the uniforms of 128 elements at once (simd.h) and computes a key
 // only for the elements that can still win: since -log(u) >= 1 - u, an element with
-// r <= best * (1 - u) * (1 - 1e-5) has key r / -log(u) < best whatever the rounding of the log
+// r <= best * (1 - 1e-5) * (1 - u) has key r / -log(u) < best whatever the rounding of the log
 // (a few ulp, far inside the 1e-5 margin), so it cannot win. The keys that are computed use the
 // same scalar race_key as the scalar path: both paths return the same index, bit for bit. After
 // the first few hundred elements almost every element fails that test (the best key grows like
@@ -52,29 +52,28 @@ int64_t race_over(R r_of, int64_t V, const DrawKey& key) {
 #if SPECDEC_HAVE_AVX2
 template <typename F>
 SPECDEC_AVX2 int64_t race_avx2(const F& f, int64_t V, const DrawKey& key) {
+  constexpr int kVecs = 16;  // 128 elements per step: one uniforms128 call
   float best = 0.f;
   int64_t best_idx = -1;
-  const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.f);
-  const __m256 margin = _mm256_set1_ps(0.99999f);
-  __m256 best_v = zero;
-  alignas(32) float rbuf[64];
+  const __m256 zero = _mm256_setzero_ps();
+  __m256 bm = zero;  // best * (1 - 1e-5): the threshold is bm (1 - u) = bm - bm u
+  alignas(32) float rbuf[8 * kVecs];
   alignas(32) float ubuf[8];
-  for (int64_t base = 0; base < V; base += 64) {
-    __m256 r[8];
-    if (base + 64 <= V) {
-      for (int t = 0; t < 8; ++t) r[t] = f.vec(base + 8 * t);
+  for (int64_t base = 0; base < V; base += 8 * kVecs) {
+    __m256 r[kVecs];
+    if (base + 8 * kVecs <= V) {
+      for (int t = 0; t < kVecs; ++t) r[t] = f.vec(base + 8 * t);
     } else {  // tail: elements past V race with r = 0 and never win
-      for (int64_t j = 0; j < 64; ++j) rbuf[j] = base + j < V ? f.at(base + j) : 0.f;
-      for (int t = 0; t < 8; ++t) r[t] = _mm256_load_ps(rbuf + 8 * t);
+      for (int64_t j = 0; j < 8 * kVecs; ++j) rbuf[j] = base + j < V ? f.at(base + j) : 0.f;
+      for (int t = 0; t < kVecs; ++t) r[t] = _mm256_load_ps(rbuf + 8 * t);
     }
     __m256 pos = _mm256_cmp_ps(r[0], zero, _CMP_GT_OQ);
-    for (int t = 1; t < 8; ++t) pos = _mm256_or_ps(pos, _mm256_cmp_ps(r[t], zero, _CMP_GT_OQ));
+    for (int t = 1; t < kVecs; ++t) pos = _mm256_or_ps(pos, _mm256_cmp_ps(r[t], zero, _CMP_GT_OQ));
     if (_mm256_movemask_ps(pos) == 0) continue;  // nothing positive: no Philox blocks needed
-    __m256 u[8];
-    uniforms64(key, static_cast<uint32_t>(base >> 6), u);
-    for (int t = 0; t < 8; ++t) {
-      const __m256 thr = _mm256_mul_ps(_mm256_mul_ps(best_v, _mm256_sub_ps(one, u[t])), margin);
-      int m = _mm256_movemask_ps(_mm256_cmp_ps(r[t], thr, _CMP_GT_OQ));
+    __m256 u[kVecs];
+    uniforms128(key, static_cast<uint32_t>(base >> 7), u);
+    for (int t = 0; t < kVecs; ++t) {
+      int m = _mm256_movemask_ps(_mm256_cmp_ps(r[t], _mm256_fnmadd_ps(bm, u[t], bm), _CMP_GT_OQ));
       if (m == 0) continue;
       alignas(32) float rr[8];
       _mm256_store_ps(rr, r[t]);
@@ -86,7 +85,7 @@ SPECDEC_AVX2 int64_t race_avx2(const F& f, int64_t V, const DrawKey& key) {
         if (k > best) {
           best = k;
           best_idx = base + 8 * t + j;
-          best_v = _mm256_set1_ps(best);
+          bm = _mm256_set1_ps(best * 0.99999f);
         }
       }
     }
