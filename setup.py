@@ -89,6 +89,24 @@ def _libstdcxx_link_args() -> list[str]:
     return ["-Wl,-l:libstdc++.so.6"]
 
 
+def _openmp_flags() -> list[str]:
+    """-fopenmp when torch runs its CPU ops on OpenMP threads (its Linux wheels do).
+
+    at::parallel_for is inline code in ATen's headers whose parallel region is an
+    `#pragma omp parallel`: compiled without -fopenmp the pragma is ignored and every CPU kernel
+    runs its rows on one thread, whatever torch.set_num_threads says. The runtime is the libgomp
+    torch has already loaded (same soname), so both share one thread pool.
+    """
+    if not sys.platform.startswith("linux"):
+        return []
+    try:
+        if not torch.backends.openmp.is_available():
+            return []
+    except AttributeError:  # very old torch: assume the usual OpenMP build
+        pass
+    return ["-fopenmp"]
+
+
 def _extensions():
     with_cuda, why = _cuda_wanted()
     archs = [a.strip() for a in os.environ.get("SPECDEC_CUDA_ARCHS", "80;90").split(";") if a.strip()]
@@ -96,8 +114,8 @@ def _extensions():
     sources += sorted(glob.glob("csrc/cpu/*.cpp"))
     # no -std: torch.utils.cpp_extension adds the standard its headers need (C++17 for torch 2.11,
     # C++20 for 2.14)
-    cxx = ["-O3", "-fvisibility=hidden"]
-    link = _libstdcxx_link_args()
+    cxx = ["-O3", "-fvisibility=hidden"] + _openmp_flags()
+    link = _libstdcxx_link_args() + _openmp_flags()
     if with_cuda:
         _log(f"building CPU and CUDA kernels ({why}; archs {';'.join(archs)})")
         sources += sorted(glob.glob("csrc/cuda/*.cu"))

@@ -5,6 +5,9 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(specdec, m) {
+  // check: the CPU kernels validate the values they read and raise ValueError with the messages of
+  // the Python checks (which the wrappers then skip); the CUDA kernels ignore it (the wrappers
+  // check before calling them).
   // The CPU kernels' vector paths (csrc/cpu/simd.h): level 0 = scalar, 1 = AVX2. A level < 0 only
   // reports; otherwise the level is set (capped at what the CPU supports). Returns the level before.
   m.def("cpu_simd(int level=-1) -> int");
@@ -12,9 +15,9 @@ TORCH_LIBRARY(specdec, m) {
   // row b uses Philox stream b (one int seed for the batch), else stream 0 (a seed per request).
   m.def(
       "verify_chain(Tensor draft_tokens, Tensor target_probs, Tensor? draft_probs, "
-      "Tensor? num_draft, Tensor seed, Tensor offset, bool row_streams) -> (Tensor, Tensor)");
+      "Tensor? num_draft, Tensor seed, Tensor offset, bool row_streams, bool check=False) -> (Tensor, Tensor)");
   m.def(
-      "verify_chain_greedy(Tensor draft_tokens, Tensor target_logits, Tensor? num_draft) "
+      "verify_chain_greedy(Tensor draft_tokens, Tensor target_logits, Tensor? num_draft, bool check=False) "
       "-> (Tensor, Tensor)");
   // Temperature, top-k, top-p (in that order) per row; temperature/top_p float32 [R], top_k int64 [R].
   m.def("sampling_probs(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p) -> Tensor");

@@ -58,10 +58,10 @@ def register() -> None:
 
 def _fakes() -> dict:
     return {
-        "verify_chain": lambda draft_tokens, target_probs, draft_probs, num_draft, seed, offset, row_streams:
-        _chain_fake(draft_tokens, target_probs),
-        "verify_chain_greedy": lambda draft_tokens, target_logits, num_draft: _chain_fake(draft_tokens,
-                                                                                          target_logits),
+        "verify_chain": lambda draft_tokens, target_probs, draft_probs, num_draft, seed, offset, row_streams,
+        check=False: _chain_fake(draft_tokens, target_probs),
+        "verify_chain_greedy": lambda draft_tokens, target_logits, num_draft, check=False: _chain_fake(
+            draft_tokens, target_logits),
         "gumbel_topk": _gumbel_topk_fake,
         "stochastic_beam_step": _beam_step_fake,
         "verify_tree": _tree_fake,

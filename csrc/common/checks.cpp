@@ -181,4 +181,123 @@ void check_grid_limit(int64_t value, int64_t limit, const char* what, const char
   TORCH_CHECK(value < limit, op, " on CUDA supports ", what, " < ", limit, ", got ", value);
 }
 
+// ---------------------------------------------------------------------------------------------
+// check=True value checks of the CPU kernels. The messages are those of the Python checks in
+// specdec_kernels/ops/ (tests match them on every backend).
+
+void check_chain_structure(const at::Tensor& draft_tokens, const std::optional<at::Tensor>& num_draft,
+                           int64_t K, int64_t V) {
+  const int64_t B = draft_tokens.size(0);
+  const auto dt = draft_tokens.accessor<int64_t, 2>();
+  for (int64_t b = 0; b < B; ++b) {
+    if (num_draft.has_value()) {
+      const int64_t n = num_draft->data_ptr<int64_t>()[b * num_draft->stride(0)];
+      TORCH_CHECK_VALUE(n >= 0 && n <= K, "num_draft must be in [0, K] = [0, ", K, "]");
+    }
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t n = num_draft.has_value() ? num_draft->data_ptr<int64_t>()[b * num_draft->stride(0)] : K;
+    for (int64_t a = 0; a < n; ++a) {
+      TORCH_CHECK_VALUE(dt[b][a] >= 0 && dt[b][a] < V, "draft_tokens must be in [0, V) = [0, ", V,
+                        ") at positions < num_draft (-1 padding is allowed after)");
+    }
+  }
+}
+
+void raise_chain_value_error(const int8_t* err, int64_t B) {
+  for (int64_t b = 0; b < B; ++b) {
+    switch (err[b]) {
+      case kTargetBad:
+        TORCH_CHECK_VALUE(false, "target_probs must be finite and non-negative (found NaN, inf or a negative value)");
+      case kTargetZeroMass:
+        TORCH_CHECK_VALUE(false, "target_probs has a row with zero total mass");
+      case kDraftBad:
+        TORCH_CHECK_VALUE(false, "draft_probs must be finite and non-negative (found NaN, inf or a negative value)");
+      case kLogitsNaN:
+        TORCH_CHECK_VALUE(false, "target_logits must not contain NaN");
+      default:
+        break;
+    }
+  }
+}
+
+void check_tree_structure(const at::Tensor& tokens, const at::Tensor& parents,
+                          const std::optional<at::Tensor>& num_nodes, int64_t V, bool distinct) {
+  const int64_t B = parents.size(0), N = parents.size(1);
+  const auto par = parents.accessor<int64_t, 2>();
+  const auto tok = tokens.accessor<int64_t, 2>();
+  const int64_t* nn = num_nodes.has_value() ? num_nodes->data_ptr<int64_t>() : nullptr;
+  const int64_t nn_stride = num_nodes.has_value() ? num_nodes->stride(0) : 0;
+  auto count = [&](int64_t b) { return nn ? nn[b * nn_stride] : N; };
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK_VALUE(count(b) >= 1 && count(b) <= N, "num_nodes[", b, "] = ", count(b),
+                      " must be in [1, N] = [1, ", N, "] (node 0 is the root)");
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK_VALUE(par[b][0] == -1, "parents[", b, ", 0] = ", par[b][0],
+                      ": the root (node 0) must have parent -1");
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t i = 1; i < count(b); ++i) {
+      TORCH_CHECK_VALUE(par[b][i] >= 0 && par[b][i] < i, "parents[", b, ", ", i, "] = ", par[b][i],
+                        " is not a valid parent of node ", i, ": need 0 <= parent < ", i,
+                        " (nodes are in topological order; padding goes after num_nodes)");
+    }
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t i = 1; i < count(b); ++i) {
+      TORCH_CHECK_VALUE(tok[b][i] >= 0 && tok[b][i] < V, "tokens[", b, ", ", i, "] = ", tok[b][i], " at node ", i,
+                        " must be in [0, V) = [0, ", V, ") (only tokens[:, 0], the root, and padding nodes are ignored)");
+    }
+  }
+  if (!distinct) return;
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t j = 2; j < count(b); ++j) {
+      for (int64_t i = 1; i < j; ++i) {
+        TORCH_CHECK_VALUE(!(par[b][i] == par[b][j] && tok[b][i] == tok[b][j]), "tokens[", b, ", ", j,
+                          "] = tokens[", b, ", ", i, "] = ", tok[b][j], ": nodes ", i, " and ", j,
+                          " are siblings (parent ", par[b][j], ") with the same token; siblings drawn "
+                          "without replacement are distinct (pass replacement=True for i.i.d. siblings)");
+      }
+    }
+  }
+}
+
+void raise_tree_value_error(const TreeValueError* err, int64_t B, const char* target_name) {
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t n = err[b].node;
+    switch (err[b].code) {
+      case kTargetBad:
+        TORCH_CHECK_VALUE(false, target_name, "[", b, ", ", n, "] (node ", n,
+                          ") must be a probability row: finite values in [0, 1] (found NaN, inf, a "
+                          "negative value or a value above 1)");
+      case kTargetZeroMass:
+        TORCH_CHECK_VALUE(false, target_name, "[", b, ", ", n, "] (node ", n, ") has zero total mass");
+      case kDraftBad:
+        TORCH_CHECK_VALUE(false, "draft_probs[", b, ", ", n, "] (node ", n,
+                          ") must be a probability row: finite values in [0, 1] (found NaN, inf, a "
+                          "negative value or a value above 1)");
+      case kLogitsNaN:
+        TORCH_CHECK_VALUE(false, target_name, "[", b, ", ", n, "] (node ", n, ") must not contain NaN");
+      default:
+        break;
+    }
+  }
+}
+
+void raise_logits_error(const int8_t* err, int64_t R, const char* nan_msg) {
+  for (int64_t r = 0; r < R; ++r) TORCH_CHECK_VALUE(err[r] != 1, nan_msg);
+  for (int64_t r = 0; r < R; ++r) {
+    TORCH_CHECK_VALUE(err[r] != 2, "logits has a row where every entry is -inf (its distribution is undefined)");
+  }
+}
+
+void check_temperature_values(const at::Tensor& temperature) {
+  const float* t = temperature.data_ptr<float>();
+  for (int64_t r = 0; r < temperature.size(0); ++r) {
+    const float x = t[r * temperature.stride(0)];
+    TORCH_CHECK_VALUE(x > 0.f && x <= 3.40282347e+38f, "temperature must be > 0 and finite in every row");
+  }
+}
+
 }  // namespace specdec

@@ -87,6 +87,28 @@ void check_max_k(int64_t k, int64_t limit, const char* name, const char* op);
 // A grid-size limit of a CUDA kernel (gridDim.y / .z are below 65536).
 void check_grid_limit(int64_t value, int64_t limit, const char* what, const char* op);
 
+// check=True value checks of the CPU kernels (the Python wrappers skip their own for the cpu
+// backend). Each raises ValueError (c10::ValueError) with the message the Python check gives.
+// Structure, on the host before the kernel: num_draft in [0, K], drafted tokens in [0, V).
+void check_chain_structure(const at::Tensor& draft_tokens, const std::optional<at::Tensor>& num_draft,
+                           int64_t K, int64_t V);
+// Per-request findings of a kernel's pass, reported for the first request that has one.
+enum ChainValueError : int8_t { kChainOk = 0, kTargetBad, kTargetZeroMass, kDraftBad, kLogitsNaN };
+void raise_chain_value_error(const int8_t* err, int64_t B);
+// Tree structure (num_nodes, root, parent order), drafted tokens in [0, V), and (distinct) no two
+// drafted siblings with the same token.
+void check_tree_structure(const at::Tensor& tokens, const at::Tensor& parents,
+                          const std::optional<at::Tensor>& num_nodes, int64_t V, bool distinct);
+struct TreeValueError {
+  int8_t code = 0;  // ChainValueError codes; kLogitsNaN for verify_tree_greedy
+  int64_t node = 0;
+};
+void raise_tree_value_error(const TreeValueError* err, int64_t B, const char* target_name);
+// Logits of the row ops (sampling_probs, draft_entropy, gumbel_topk, stochastic_beam_step): per row
+// 0 = fine, 1 = NaN or +inf, 2 = every entry -inf; temperature > 0 and finite.
+void raise_logits_error(const int8_t* err, int64_t R, const char* nan_msg);
+void check_temperature_values(const at::Tensor& temperature);
+
 // Kernels index the vocabulary with unit stride; other dimensions may be strided.
 inline at::Tensor unit_last_stride(const at::Tensor& t) {
   return t.stride(-1) == 1 ? t : t.contiguous();

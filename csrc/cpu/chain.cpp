@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <vector>
 
 #include "../common/checks.h"
 #include "../common/philox.h"
@@ -21,7 +22,7 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_cpu(const at::Tensor& draft_toke
                                                     const std::optional<at::Tensor>& draft_probs_in,
                                                     const std::optional<at::Tensor>& num_draft,
                                                     const at::Tensor& seed, const at::Tensor& offset,
-                                                    bool row_streams) {
+                                                    bool row_streams, bool check) {
   const ChainDims d = check_chain_args(draft_tokens, target_probs_in, draft_probs_in, num_draft,
                                        "target_probs");
   check_chain_rng(seed, offset, d.B, target_probs_in);
@@ -32,6 +33,10 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_cpu(const at::Tensor& draft_toke
   at::Tensor tokens = at::full({B, K + 1}, -1, draft_tokens.options());
   at::Tensor num_accepted = at::empty({B}, draft_tokens.options());
   if (B == 0) return {tokens, num_accepted};
+  if (check) check_chain_structure(draft_tokens, num_draft, K, V);
+  // check=True: every probability the kernel reads is validated as it is read (the scalars of the
+  // tested drafts, the raced row); rows it never reads cannot change the result and cost nothing.
+  std::vector<int8_t> err(check ? B : 0, kChainOk);
 
   const auto dt = draft_tokens.accessor<int64_t, 2>();
   const int64_t* nd = num_draft.has_value() ? num_draft->data_ptr<int64_t>() : nullptr;
@@ -53,12 +58,19 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_cpu(const at::Tensor& draft_toke
         const int64_t stream = row_streams ? b : 0;
         const DrawKey accept_key = make_draw_key(seeds[b * seed.stride(0)],
                                                  offs[b * offset.stride(0)], 0, stream);
+        bool bad_p = false, bad_q = false;
+        bool* fp = check ? &bad_p : nullptr;
+        bool* fq = check && Q ? &bad_q : nullptr;
         int64_t a = 0;
         for (; a < n; ++a) {
           const int64_t x = dt[b][a];
           if (x < 0 || x >= V) break;  // unchecked out-of-range draft: reject, never read it
           const float p = static_cast<float>(P[b * pB + a * pK + x]);
           const float q = Q ? static_cast<float>(Q[b * qB + a * qK + x]) : 1.f;
+          if (check) {
+            bad_p |= !prob_ok(p, kFiniteMax);
+            bad_q |= !prob_ok(q, kFiniteMax);
+          }
           if (!accept_draft(draw_uniform(accept_key, static_cast<uint32_t>(a)), p, q)) break;
           out[b][a] = x;
         }
@@ -67,12 +79,12 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_cpu(const at::Tensor& draft_toke
         const scalar_t* prow = P + b * pB + a * pK;
         int64_t y;
         if (a == n) {
-          y = race_row(RowP<scalar_t>{prow}, V, sample_key);
+          y = race_row(RowP<scalar_t>{prow, fp}, V, sample_key);
         } else {
           if (Q) {
-            y = race_row(RowResidual<scalar_t>{prow, Q + b * qB + a * qK}, V, sample_key);
+            y = race_row(RowResidual<scalar_t>{prow, Q + b * qB + a * qK, fp, fq}, V, sample_key);
           } else {
-            y = race_row(RowWithout<scalar_t>{prow, dt[b][a]}, V, sample_key);
+            y = race_row(RowWithout<scalar_t>{prow, dt[b][a], fp}, V, sample_key);
           }
           // Residual of zero mass (p == q on the support, or p one-hot at the rejected draft):
           // a measure-zero event for valid inputs; fall back to p itself.
@@ -80,15 +92,17 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_cpu(const at::Tensor& draft_toke
         }
         out[b][a] = y < 0 ? 0 : y;
         nacc[b] = a;
+        if (check) err[b] = bad_p ? kTargetBad : y < 0 ? kTargetZeroMass : bad_q ? kDraftBad : kChainOk;
       }
     });
   });
+  if (check) raise_chain_value_error(err.data(), B);
   return {tokens, num_accepted};
 }
 
 std::tuple<at::Tensor, at::Tensor> verify_chain_greedy_cpu(
     const at::Tensor& draft_tokens, const at::Tensor& target_logits_in,
-    const std::optional<at::Tensor>& num_draft) {
+    const std::optional<at::Tensor>& num_draft, bool check) {
   const ChainDims d = check_chain_args(draft_tokens, target_logits_in, std::nullopt, num_draft,
                                        "target_logits");
   const at::Tensor logits = unit_last_stride(target_logits_in);
@@ -96,6 +110,8 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_greedy_cpu(
   at::Tensor tokens = at::full({B, K + 1}, -1, draft_tokens.options());
   at::Tensor num_accepted = at::empty({B}, draft_tokens.options());
   if (B == 0) return {tokens, num_accepted};
+  if (check) check_chain_structure(draft_tokens, num_draft, K, V);
+  std::vector<int8_t> err(check ? B : 0, kChainOk);
   const auto dt = draft_tokens.accessor<int64_t, 2>();
   const int64_t* nd = num_draft.has_value() ? num_draft->data_ptr<int64_t>() : nullptr;
   const int64_t nd_stride = num_draft.has_value() ? num_draft->stride(0) : 0;
@@ -110,8 +126,11 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_greedy_cpu(
         const int64_t n = nd ? std::clamp<int64_t>(nd[b * nd_stride], 0, K) : K;
         int64_t a = 0;
         for (;; ++a) {
-          // Argmax with ties to the smallest index; NaN never wins (rejected upstream by check=True).
-          const int64_t arg = argmax_row(L + b * sB + a * sK, V);
+          // Argmax with ties to the smallest index; NaN never wins (and is reported by check=True
+          // in the rows the argmax reads).
+          bool nan = false;
+          const int64_t arg = argmax_row(L + b * sB + a * sK, V, check ? &nan : nullptr);
+          if (nan) err[b] = kLogitsNaN;
           if (a == n || dt[b][a] != arg) {
             out[b][a] = arg;
             break;
@@ -122,6 +141,7 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_greedy_cpu(
       }
     });
   });
+  if (check) raise_chain_value_error(err.data(), B);
   return {tokens, num_accepted};
 }
 

@@ -94,14 +94,39 @@ SPECDEC_AVX2 int64_t race_avx2(const F& f, int64_t V, const DrawKey& key) {
 }
 #endif
 
-// Row functors of the races: p itself, the residual max(0, p - q) after a
-// rejection, and p without the rejected token for deterministic drafts.
+// Row functors of the races: p itself, the residual max(0, p - q) after a rejection, and p without
+// the rejected token for deterministic drafts. With check=True the kernels hand them flags
+// (bad_p, bad_q) that they set when a value they read is not a probability (prob_ok), so the
+// value checks ride along the pass the race makes anyway instead of scanning the inputs again.
+inline bool prob_ok(float x, float hi) { return x >= 0.f && x <= hi; }  // NaN fails both
+
+#if SPECDEC_HAVE_AVX2
+SPECDEC_AVX2 inline bool probs_ok8(__m256 x, float hi) {
+  const __m256 ok = _mm256_and_ps(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GE_OQ),
+                                  _mm256_cmp_ps(x, _mm256_set1_ps(hi), _CMP_LE_OQ));
+  return _mm256_movemask_ps(ok) == 0xFF;
+}
+#endif
+
+// Largest accepted probability value: chain ops accept any finite value >= 0, tree ops [0, 1].
+constexpr float kFiniteMax = 3.40282347e+38f;
+
 template <typename T>
 struct RowP {
   const T* p;
-  float at(int64_t v) const { return static_cast<float>(p[v]); }
+  bool* bad_p = nullptr;
+  float hi = kFiniteMax;
+  float at(int64_t v) const {
+    const float x = static_cast<float>(p[v]);
+    if (bad_p && !prob_ok(x, hi)) *bad_p = true;
+    return x;
+  }
 #if SPECDEC_HAVE_AVX2
-  SPECDEC_AVX2 __m256 vec(int64_t v) const { return load8(p + v); }
+  SPECDEC_AVX2 __m256 vec(int64_t v) const {
+    const __m256 x = load8(p + v);
+    if (bad_p && !probs_ok8(x, hi)) *bad_p = true;
+    return x;
+  }
 #endif
 };
 
@@ -109,11 +134,21 @@ template <typename T>
 struct RowResidual {
   const T* p;
   const T* q;
+  bool* bad_p = nullptr;
+  bool* bad_q = nullptr;
   // std::max(0, NaN) is 0, and so is _mm256_max_ps(NaN, 0): the two paths agree on any input.
-  float at(int64_t v) const { return std::max(0.f, static_cast<float>(p[v]) - static_cast<float>(q[v])); }
+  float at(int64_t v) const {
+    const float pv = static_cast<float>(p[v]), qv = static_cast<float>(q[v]);
+    if (bad_p && !prob_ok(pv, kFiniteMax)) *bad_p = true;
+    if (bad_q && !prob_ok(qv, kFiniteMax)) *bad_q = true;
+    return std::max(0.f, pv - qv);
+  }
 #if SPECDEC_HAVE_AVX2
   SPECDEC_AVX2 __m256 vec(int64_t v) const {
-    return _mm256_max_ps(_mm256_sub_ps(load8(p + v), load8(q + v)), _mm256_setzero_ps());
+    const __m256 pv = load8(p + v), qv = load8(q + v);
+    if (bad_p && !probs_ok8(pv, kFiniteMax)) *bad_p = true;
+    if (bad_q && !probs_ok8(qv, kFiniteMax)) *bad_q = true;
+    return _mm256_max_ps(_mm256_sub_ps(pv, qv), _mm256_setzero_ps());
   }
 #endif
 };
@@ -122,10 +157,16 @@ template <typename T>
 struct RowWithout {
   const T* p;
   int64_t skip;
-  float at(int64_t v) const { return v == skip ? 0.f : static_cast<float>(p[v]); }
+  bool* bad_p = nullptr;
+  float at(int64_t v) const {
+    const float x = static_cast<float>(p[v]);
+    if (bad_p && !prob_ok(x, kFiniteMax)) *bad_p = true;
+    return v == skip ? 0.f : x;
+  }
 #if SPECDEC_HAVE_AVX2
   SPECDEC_AVX2 __m256 vec(int64_t v) const {
     const __m256 x = load8(p + v);
+    if (bad_p && !probs_ok8(x, kFiniteMax)) *bad_p = true;
     if (skip < v || skip >= v + 8) return x;
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256i hit = _mm256_cmpeq_epi32(lane, _mm256_set1_epi32(static_cast<int>(skip - v)));

@@ -198,13 +198,22 @@ SPECDEC_AVX2 inline __m256 not_prob8(__m256 x) {
 }
 
 template <typename T>
-SPECDEC_AVX2 int64_t argmax_row_avx2(const T* row, int64_t V) {
+SPECDEC_AVX2 int64_t argmax_row_avx2(const T* row, int64_t V, bool* nan) {
   const int64_t V8 = V & ~int64_t(7);
   // max_ps(x, m) returns m when x is NaN: NaN never becomes the maximum.
-  __m256 m = _mm256_set1_ps(-INFINITY);
-  for (int64_t v = 0; v < V8; v += 8) m = _mm256_max_ps(load8(row + v), m);
+  __m256 m = _mm256_set1_ps(-INFINITY), un = _mm256_setzero_ps();
+  for (int64_t v = 0; v < V8; v += 8) {
+    const __m256 x = load8(row + v);
+    m = _mm256_max_ps(x, m);
+    if (nan) un = _mm256_or_ps(un, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+  }
+  if (nan && _mm256_movemask_ps(un)) *nan = true;
   float best = hmax8(m);
-  for (int64_t v = V8; v < V; ++v) best = std::max(best, static_cast<float>(row[v]));
+  for (int64_t v = V8; v < V; ++v) {
+    const float x = static_cast<float>(row[v]);
+    best = std::max(best, x);
+    if (nan && x != x) *nan = true;
+  }
   if (!(best > -INFINITY)) return 0;
   const __m256 bv = _mm256_set1_ps(best);
   for (int64_t v = 0; v < V8; v += 8) {
@@ -221,16 +230,17 @@ SPECDEC_AVX2 int64_t argmax_row_avx2(const T* row, int64_t V) {
 
 // Index of the largest value of row[0..V), ties to the smallest index; NaN never wins; 0 when no
 // value exceeds -inf. Two passes over a row that is in cache after the first: a vector maximum,
-// then the first lane equal to it.
+// then the first lane equal to it. `nan` (when given) is set if the row holds a NaN.
 template <typename T>
-int64_t argmax_row(const T* row, int64_t V) {
+int64_t argmax_row(const T* row, int64_t V, bool* nan = nullptr) {
 #if SPECDEC_HAVE_AVX2
-  if (simd_enabled() && V >= 8) return argmax_row_avx2(row, V);
+  if (simd_enabled() && V >= 8) return argmax_row_avx2(row, V, nan);
 #endif
   float best = -INFINITY;
   int64_t arg = 0;
   for (int64_t v = 0; v < V; ++v) {
     const float x = static_cast<float>(row[v]);
+    if (nan && x != x) *nan = true;
     if (x > best) {
       best = x;
       arg = v;

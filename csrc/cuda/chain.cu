@@ -306,7 +306,7 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_cuda(const at::Tensor& draft_tok
                                                      const std::optional<at::Tensor>& draft_probs_in,
                                                      const std::optional<at::Tensor>& num_draft,
                                                      const at::Tensor& seed, const at::Tensor& offset,
-                                                     bool row_streams) {
+                                                     bool row_streams, bool /*check: the wrapper checked*/) {
   const ChainDims d = check_chain_args(draft_tokens_in, target_probs_in, draft_probs_in, num_draft,
                                        "target_probs");
   check_chain_rng(seed, offset, d.B, target_probs_in);
@@ -360,7 +360,7 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_cuda(const at::Tensor& draft_tok
 
 std::tuple<at::Tensor, at::Tensor> verify_chain_greedy_cuda(const at::Tensor& draft_tokens_in,
                                                             const at::Tensor& target_logits_in,
-                                                            const std::optional<at::Tensor>& num_draft) {
+                                                            const std::optional<at::Tensor>& num_draft, bool /*check: the wrapper checked*/) {
   const ChainDims d = check_chain_args(draft_tokens_in, target_logits_in, std::nullopt, num_draft,
                                        "target_logits");
   const c10::cuda::CUDAGuard guard(target_logits_in.device());

@@ -150,8 +150,11 @@ def verify_chain(
             and ``offset + 1`` (``VERIFY_CHAIN_OFFSET_STRIDE``): advance it by 2 between calls
             that share a seed. Tensors make the op CUDA-graph safe (update them in place).
         check: validate values (token range, num_draft range, NaN/inf/negative probabilities,
-            zero-mass rows). Costs a pass over the inputs and one device sync; pass False on hot
-            paths whose inputs you built yourself. Shapes, dtypes and devices are always checked.
+            zero-mass rows). On CUDA this costs a pass over the inputs and one device sync; the
+            cpu backend validates every probability it reads as it reads it (the tested drafts'
+            scalars, the sampled row; rows it never reads cannot change the result and are not
+            scanned), for a few percent of the call. Pass False on hot paths whose inputs you
+            built yourself. Shapes, dtypes and devices are always checked.
         generator: used only to draw ``seed`` when it is None.
 
     Returns:
@@ -171,9 +174,11 @@ def verify_chain(
         >>> out.tokens.shape, out.num_accepted.shape
         (torch.Size([2, 4]), torch.Size([2]))
     """
-    B, K, V, nd = _check_verify_chain(draft_tokens, target_probs, draft_probs, num_draft, check)
-    seeds, offsets, row_streams = rng_rows(seed, offset, B, target_probs.device, generator)
     backend = _backend.select("verify_chain", target_probs.device)
+    # The cpu kernel checks the values it reads itself, in its own pass (csrc/common/checks.cpp).
+    B, K, V, nd = _check_verify_chain(draft_tokens, target_probs, draft_probs, num_draft,
+                                      check and backend != "cpu")
+    seeds, offsets, row_streams = rng_rows(seed, offset, B, target_probs.device, generator)
     if backend == "reference":
         from ..reference.chain import verify_chain as ref
 
@@ -185,7 +190,7 @@ def verify_chain(
 
         return ChainResult(*tri(draft_tokens, target_probs, draft_probs, nd, seeds, offsets, row_streams))
     return ChainResult(*torch.ops.specdec.verify_chain(draft_tokens, target_probs, draft_probs, nd,
-                                                       seeds, offsets, row_streams))
+                                                       seeds, offsets, row_streams, check and backend == "cpu"))
 
 
 def verify_chain_greedy(
@@ -216,8 +221,8 @@ def verify_chain_greedy(
         >>> sk.verify_chain_greedy(torch.tensor([[1, 2]]), logits)
         ChainResult(tokens=tensor([[1, 0, -1]]), num_accepted=tensor([1]))
     """
-    B, K, V, nd = _check_verify_chain_greedy(draft_tokens, target_logits, num_draft, check)
     backend = _backend.select("verify_chain_greedy", target_logits.device)
+    B, K, V, nd = _check_verify_chain_greedy(draft_tokens, target_logits, num_draft, check and backend != "cpu")
     if backend == "reference":
         from ..reference.chain import verify_chain_greedy as ref
 
@@ -226,4 +231,5 @@ def verify_chain_greedy(
         from ..triton.chain import verify_chain_greedy as tri
 
         return ChainResult(*tri(draft_tokens, target_logits, nd))
-    return ChainResult(*torch.ops.specdec.verify_chain_greedy(draft_tokens, target_logits, nd))
+    return ChainResult(*torch.ops.specdec.verify_chain_greedy(draft_tokens, target_logits, nd,
+                                                              check and backend == "cpu"))
