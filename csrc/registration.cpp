@@ -39,11 +39,11 @@ TORCH_LIBRARY(specdec, m) {
   // position ids int64 [B, N] from prefix_len int64 [B].
   m.def(
       "verify_tree(Tensor tokens, Tensor parents, Tensor target_probs, Tensor? draft_probs, "
-      "Tensor? num_nodes, bool replacement, Tensor seed, Tensor offset, bool row_streams) "
+      "Tensor? num_nodes, bool replacement, Tensor seed, Tensor offset, bool row_streams, bool check=False) "
       "-> (Tensor, Tensor, Tensor)");
   m.def(
-      "verify_tree_greedy(Tensor tokens, Tensor parents, Tensor target_logits, Tensor? num_nodes) "
-      "-> (Tensor, Tensor, Tensor)");
+      "verify_tree_greedy(Tensor tokens, Tensor parents, Tensor target_logits, Tensor? num_nodes, "
+      "bool check=False) -> (Tensor, Tensor, Tensor)");
   m.def("tree_attention_mask(Tensor parents, Tensor? num_nodes, bool packed) -> Tensor");
   m.def("tree_position_ids(Tensor parents, Tensor prefix_len, Tensor? num_nodes) -> Tensor");
   // Entropy in nats of softmax(logits / T) per row (ALGORITHMS.md §6): logits [R, V], temperature

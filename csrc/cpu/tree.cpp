@@ -34,19 +34,25 @@ struct TreeResidual {
   const T* q;  // nullptr: one-hot drafts
   float scale;
   const std::vector<int64_t>* removed;  // nullptr: nothing removed
+  bool* bad_p = nullptr;  // check=True: set when a value read is not in [0, 1]
+  bool* bad_q = nullptr;
 
   float at(int64_t v) const {
-    if (removed && contains(*removed, v)) return 0.f;
     const float pv = static_cast<float>(p[v]);
+    if (bad_p && !prob_ok(pv, 1.f)) *bad_p = true;
+    if (q && bad_q && !prob_ok(static_cast<float>(q[v]), 1.f)) *bad_q = true;
+    if (removed && contains(*removed, v)) return 0.f;
     return q ? tree_residual(pv, static_cast<float>(q[v]), scale) : pv;
   }
 #if SPECDEC_HAVE_AVX2
   SPECDEC_AVX2 __m256 vec(int64_t v) const {
     __m256 r = load8(p + v);
+    if (bad_p && !probs_ok8(r, 1.f)) *bad_p = true;
     if (q) {
       // tree_residual eight lanes at a time: scale * q is exact in double, so the fused
       // multiply-subtract rounds once, like the scalar difference.
       const __m256 qv = load8(q + v);
+      if (bad_q && !probs_ok8(qv, 1.f)) *bad_q = true;
       const __m256d s = _mm256_set1_pd(static_cast<double>(scale)), zero = _mm256_setzero_pd();
       __m256d lo = _mm256_fnmadd_pd(s, _mm256_cvtps_pd(_mm256_castps256_ps128(qv)),
                                     _mm256_cvtps_pd(_mm256_castps256_ps128(r)));
@@ -132,7 +138,7 @@ int64_t valid_count(const int64_t* nn, int64_t nn_stride, int64_t b, int64_t N) 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cpu(
     const at::Tensor& tokens, const at::Tensor& parents, const at::Tensor& target_probs_in,
     const std::optional<at::Tensor>& draft_probs_in, const std::optional<at::Tensor>& num_nodes,
-    bool replacement, const at::Tensor& seed, const at::Tensor& offset, bool row_streams) {
+    bool replacement, const at::Tensor& seed, const at::Tensor& offset, bool row_streams, bool check) {
   const TreeDims d = check_tree_verify_args(tokens, parents, target_probs_in, draft_probs_in, num_nodes,
                                             "target_probs");
   check_chain_rng(seed, offset, d.B, target_probs_in);
@@ -144,6 +150,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cpu(
   at::Tensor out_nodes = at::full({B, N}, -1, tokens.options());
   at::Tensor num_accepted = at::empty({B}, tokens.options());
   if (B == 0) return {out, num_accepted, out_nodes};
+  if (check) check_tree_structure(tokens, parents, num_nodes, V, !replacement);
+  // check=True: the probabilities are validated as the walk reads them (the tested children's
+  // scalars, the mass passes, the final race); rows of nodes off the walk are never read.
+  std::vector<TreeValueError> err(check ? B : 0);
 
   const auto tok = tokens.accessor<int64_t, 2>();
   const auto par = parents.accessor<int64_t, 2>();
@@ -176,9 +186,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cpu(
         while (true) {
           const scalar_t* p = P + b * pB + node * pN;
           const scalar_t* q = Q ? Q + b * qB + node * qN : nullptr;
+          bool bad_p = false, bad_q = false;
+          bool* fp = check ? &bad_p : nullptr;
+          bool* fq = check && q ? &bad_q : nullptr;
+          // check=True: the first bad row read on the walk, or a row of zero mass, is reported.
+          auto note = [&](bool zero) {
+            if (!check || err[b].code != kChainOk) return;
+            const int8_t code = bad_p ? kTargetBad : zero ? kTargetZeroMass : bad_q ? kDraftBad : kChainOk;
+            if (code != kChainOk) err[b] = {code, node};
+          };
           int64_t child = next_child(prow_par, par_stride, node, node, n_valid);
           if (child < 0) {  // leaf: bonus token from p
-            y = race_row(RowP<scalar_t>{p}, V, sample_key);
+            y = race_row(RowP<scalar_t>{p, fp, 1.f}, V, sample_key);
+            note(y < 0);
             break;
           }
           float scale = 0.f;
@@ -186,7 +206,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cpu(
           bool fresh = true;
           removed.clear();
           auto residual = [&](int64_t v) -> float {
-            return TreeResidual<scalar_t>{p, q, scale, nullptr}.at(v);
+            return TreeResidual<scalar_t>{p, q, scale, nullptr, fp, fq}.at(v);
           };
           int64_t chosen = -1;
           for (; child >= 0; child = next_child(prow_par, par_stride, node, child, n_valid)) {
@@ -196,7 +216,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cpu(
               // Exact mass of the residual: the integer sums of its fixed-point words, minus the
               // words of the excluded tokens (same words, so the difference is exact too).
               int64_t hi = 0, lo = 0;
-              residual_words(TreeResidual<scalar_t>{p, q, scale, nullptr}, V, hi, lo);
+              residual_words(TreeResidual<scalar_t>{p, q, scale, nullptr, fp, fq}, V, hi, lo);
               for (const int64_t s : removed) {
                 int64_t shi = 0, slo = 0;
                 fixed_point_add(residual(s), shi, slo);
@@ -229,16 +249,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cpu(
             }
           }
           if (chosen >= 0) {
+            note(false);
             o_tok[b][a] = tok[b][chosen];
             o_nodes[b][a] = chosen;
             ++a;
             node = chosen;
             continue;
           }
-          y = race_row(TreeResidual<scalar_t>{p, q, scale, removed.empty() ? nullptr : &removed}, V,
+          y = race_row(TreeResidual<scalar_t>{p, q, scale, removed.empty() ? nullptr : &removed, fp, fq}, V,
                        sample_key);
           // Residual of zero mass: measure zero for valid inputs; fall back to p.
           if (y < 0) y = race_row(RowP<scalar_t>{p}, V, sample_key);
+          note(y < 0);
           break;
         }
         o_tok[b][a] = y < 0 ? 0 : y;
@@ -246,12 +268,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cpu(
       }
     });
   });
+  if (check) raise_tree_value_error(err.data(), B, "target_probs");
   return {out, num_accepted, out_nodes};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_greedy_cpu(
     const at::Tensor& tokens, const at::Tensor& parents, const at::Tensor& target_logits_in,
-    const std::optional<at::Tensor>& num_nodes) {
+    const std::optional<at::Tensor>& num_nodes, bool check) {
   const TreeDims d = check_tree_verify_args(tokens, parents, target_logits_in, std::nullopt, num_nodes,
                                             "target_logits");
   const at::Tensor logits = unit_last_stride(target_logits_in);
@@ -260,6 +283,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_greedy_cpu(
   at::Tensor out_nodes = at::full({B, N}, -1, tokens.options());
   at::Tensor num_accepted = at::empty({B}, tokens.options());
   if (B == 0) return {out, num_accepted, out_nodes};
+  if (check) check_tree_structure(tokens, parents, num_nodes, V, false);
+  std::vector<TreeValueError> err(check ? B : 0);
   const auto tok = tokens.accessor<int64_t, 2>();
   const auto par = parents.accessor<int64_t, 2>();
   const int64_t* nn = num_nodes.has_value() ? num_nodes->data_ptr<int64_t>() : nullptr;
@@ -276,8 +301,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_greedy_cpu(
         const int64_t* prow_par = &par[b][0];
         int64_t node = 0, a = 0, best_tok = 0;
         while (true) {
-          // Argmax with ties to the smallest index; NaN never wins; an all -inf row gives 0.
-          best_tok = argmax_row(L + b * sB + node * sN, V);
+          // Argmax with ties to the smallest index; NaN never wins (check=True reports it in the
+          // rows on the walk); an all -inf row gives 0.
+          bool nan = false;
+          best_tok = argmax_row(L + b * sB + node * sN, V, check ? &nan : nullptr);
+          if (nan && err[b].code == kChainOk) err[b] = {kLogitsNaN, node};
           int64_t match = -1;
           for (int64_t c = next_child(prow_par, parents.stride(1), node, node, n_valid); c >= 0;
                c = next_child(prow_par, parents.stride(1), node, c, n_valid)) {
@@ -297,6 +325,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_greedy_cpu(
       }
     });
   });
+  if (check) raise_tree_value_error(err.data(), B, "target_logits");
   return {out, num_accepted, out_nodes};
 }
 

@@ -500,7 +500,7 @@ unsigned grid_for(int64_t total) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cuda(
     const at::Tensor& tokens, const at::Tensor& parents, const at::Tensor& target_probs_in,
     const std::optional<at::Tensor>& draft_probs_in, const std::optional<at::Tensor>& num_nodes,
-    bool replacement, const at::Tensor& seed, const at::Tensor& offset, bool row_streams) {
+    bool replacement, const at::Tensor& seed, const at::Tensor& offset, bool row_streams, bool /*check: the wrapper checked*/) {
   const TreeDims d = check_tree_verify_args(tokens, parents, target_probs_in, draft_probs_in, num_nodes,
                                             "target_probs");
   check_chain_rng(seed, offset, d.B, target_probs_in);
@@ -546,7 +546,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cuda(
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_greedy_cuda(
     const at::Tensor& tokens, const at::Tensor& parents, const at::Tensor& target_logits_in,
-    const std::optional<at::Tensor>& num_nodes) {
+    const std::optional<at::Tensor>& num_nodes, bool /*check: the wrapper checked*/) {
   const TreeDims d = check_tree_verify_args(tokens, parents, target_logits_in, std::nullopt, num_nodes,
                                             "target_logits");
   const c10::cuda::CUDAGuard guard(target_logits_in.device());

@@ -438,7 +438,9 @@ def verify_tree(
             the Philox draws ``offset`` and ``offset + 1`` (``VERIFY_TREE_OFFSET_STRIDE``).
         check: validate the tree (root -1, parents precede children, ragged counts), tokens in
             range, distinct siblings when ``replacement=False``, probability rows (finite, in
-            [0, 1], target rows with mass). One device sync; errors name the node.
+            [0, 1], target rows with mass). One device sync on CUDA; the cpu backend checks the
+            tree in C++ and every probability its walk reads as it reads it (rows of nodes off
+            the walk cannot change the result and are not scanned). Errors name the node.
 
     Returns:
         TreeResult(tokens, num_accepted, accepted_nodes): see :class:`specdec_kernels.TreeResult`.
@@ -458,10 +460,11 @@ def verify_tree(
         >>> out.tokens.shape, int(out.num_accepted[0]) <= 2
         (torch.Size([1, 5]), True)
     """
+    backend = _backend.select("verify_tree", require_tensor(target_probs, "target_probs").device)
+    # The cpu kernel checks the tree in C++ and the probabilities as its walk reads them.
     B, N, V, nn = _check_verify_tree(tokens, parents, target_probs, draft_probs, num_nodes,
-                                     replacement, check)
+                                     replacement, check and backend != "cpu")
     seeds, offsets, row_streams = rng_rows(seed, offset, B, target_probs.device, generator)
-    backend = _backend.select("verify_tree", target_probs.device)
     if backend == "reference":
         from ..reference.tree import verify_tree as ref
 
@@ -474,7 +477,8 @@ def verify_tree(
         return TreeResult(*tri(tokens, parents, target_probs, draft_probs, nn, replacement, seeds,
                                offsets, row_streams))
     return TreeResult(*torch.ops.specdec.verify_tree(tokens, parents, target_probs, draft_probs, nn,
-                                                     replacement, seeds, offsets, row_streams))
+                                                     replacement, seeds, offsets, row_streams,
+                                                     check and backend == "cpu"))
 
 
 def verify_tree_greedy(tokens: torch.Tensor, parents: torch.Tensor, target_logits: torch.Tensor, *,
@@ -491,7 +495,8 @@ def verify_tree_greedy(tokens: torch.Tensor, parents: torch.Tensor, target_logit
         target_logits: logits (or probabilities: only the argmax matters). Shape: (B, N, V),
             float32/float16/bfloat16.
         num_nodes: Shape: (B,) or None.
-        check: validate the tree, token ranges, and reject NaN logits (one device sync).
+        check: validate the tree, token ranges, and reject NaN logits (one device sync; the cpu
+            backend checks the rows its walk reads, as it reads them).
 
     Returns:
         TreeResult(tokens, num_accepted, accepted_nodes) as in :func:`verify_tree`.
@@ -503,8 +508,9 @@ def verify_tree_greedy(tokens: torch.Tensor, parents: torch.Tensor, target_logit
         >>> out.tokens, out.num_accepted, out.accepted_nodes
         (tensor([[ 1,  0, -1, -1]]), tensor([1]), tensor([[ 2, -1, -1, -1]]))
     """
-    B, N, V, nn = _check_verify_tree_greedy(tokens, parents, target_logits, num_nodes, check)
-    backend = _backend.select("verify_tree_greedy", target_logits.device)
+    backend = _backend.select("verify_tree_greedy", require_tensor(target_logits, "target_logits").device)
+    B, N, V, nn = _check_verify_tree_greedy(tokens, parents, target_logits, num_nodes,
+                                            check and backend != "cpu")
     if backend == "reference":
         from ..reference.tree import verify_tree_greedy as ref
 
@@ -513,4 +519,5 @@ def verify_tree_greedy(tokens: torch.Tensor, parents: torch.Tensor, target_logit
         from ..triton.tree import verify_tree_greedy as tri
 
         return TreeResult(*tri(tokens, parents, target_logits, nn))
-    return TreeResult(*torch.ops.specdec.verify_tree_greedy(tokens, parents, target_logits, nn))
+    return TreeResult(*torch.ops.specdec.verify_tree_greedy(tokens, parents, target_logits, nn,
+                                                            check and backend == "cpu"))

@@ -1,0 +1,158 @@
+"""check=True on the cpu backend: the kernels validate what they read, as they read it.
+
+The Python checks (reference, CUDA and Triton backends) scan every used row of the inputs. The cpu
+kernels fold the checks into their own pass instead (csrc/common/checks.cpp): the structure in
+C++ before the kernel, every probability or logit the kernel reads as it reads it. A bad value in
+a row the kernel reads raises the same ValueError; one in a row it never reads cannot change the
+result, and is neither scanned nor reported. These tests build inputs whose read rows are known
+(one-hot rows force each accept / reject), at every vector level of this CPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import specdec_kernels as sk
+
+pytestmark = pytest.mark.skipif("cpu" not in sk.backends("cpu"), reason="needs the compiled cpu backend")
+LEVELS = list(range(sk.cpu_simd_level(supported=True) + 1)) if "cpu" in sk.backends("cpu") else []
+NAN = float("nan")
+
+
+@pytest.fixture(params=LEVELS, ids=lambda v: sk._backend.CPU_SIMD_LEVELS[v])
+def cpu(request):
+    with sk.use_backend("cpu"), sk.use_cpu_simd(request.param):
+        yield
+
+
+def chain_case(V=50):
+    """K = 3: drafts 0 and 1 accepted for sure (p = q one-hot at them), draft 2 rejected for sure
+    (p(x2) = 0): the kernel reads p, q at x0, x1, x2 and the whole rows p[2], q[2]; never p[3]."""
+    x = torch.tensor([[4, 9, 13]])
+    p = torch.full((1, 4, V), 1.0 / V)
+    q = torch.full((1, 3, V), 1.0 / V)
+    for i, t in enumerate([4, 9]):
+        p[0, i] = 0.0
+        p[0, i, t] = 1.0
+        q[0, i] = 0.0
+        q[0, i, t] = 1.0
+    p[0, 2] = 0.0
+    p[0, 2, 20] = 1.0
+    return x, p, q
+
+
+def _with(t, idx, value):
+    t = t.clone()
+    t[idx] = value
+    return t
+
+
+@pytest.mark.parametrize("where,arg", [
+    ((0, 2, 5), "target_probs"), ((0, 0, 4), "target_probs"), ((0, 2, 20), "target_probs"),
+])
+def test_chain_bad_value_read_raises(cpu, where, arg):
+    x, p, q = chain_case()
+    with pytest.raises(ValueError, match=f"{arg} must be finite and non-negative"):
+        sk.verify_chain(x, _with(p, where, NAN), q, seed=1)
+    with pytest.raises(ValueError, match=f"{arg} must be finite and non-negative"):
+        sk.verify_chain(x, _with(p, where, -0.5), q, seed=1)
+
+
+@pytest.mark.parametrize("where", [(0, 2, 7), (0, 1, 9), (0, 2, 13)])
+def test_chain_bad_draft_value_read_raises(cpu, where):
+    x, p, q = chain_case()
+    with pytest.raises(ValueError, match="draft_probs must be finite and non-negative"):
+        sk.verify_chain(x, p, _with(q, where, float("inf")), seed=1)
+
+
+def test_chain_rows_not_read_are_not_checked(cpu):
+    x, p, q = chain_case()
+    clean = sk.verify_chain(x, p, q, seed=1)
+    assert int(clean.num_accepted) == 2
+    # the bonus row p[3], and q / p of accepted positions beyond the drafted tokens
+    for pp, qq in [(_with(p, (0, 3, 1), NAN), q), (_with(p, (0, 0, 5), NAN), q), (p, _with(q, (0, 0, 7), NAN))]:
+        out = sk.verify_chain(x, pp, qq, seed=1)
+        assert torch.equal(out.tokens, clean.tokens)
+        assert torch.equal(out.tokens, sk.verify_chain(x, pp, qq, seed=1, check=False).tokens)
+
+
+def test_chain_zero_mass_row_read_raises(cpu):
+    x, p, q = chain_case()
+    p[0, 2] = 0.0
+    with pytest.raises(ValueError, match="target_probs has a row with zero total mass"):
+        sk.verify_chain(x, p, q, seed=1)
+    with pytest.raises(ValueError, match="target_probs has a row with zero total mass"):
+        sk.verify_chain(x, p, None, seed=1)
+
+
+def test_chain_structure_always_checked(cpu):
+    x, p, q = chain_case()
+    with pytest.raises(ValueError, match="draft_tokens must be in"):
+        sk.verify_chain(_with(x, (0, 2), 50), p, q, seed=1)
+    with pytest.raises(ValueError, match="num_draft must be in"):
+        sk.verify_chain(x, p, q, num_draft=torch.tensor([4]), seed=1)
+
+
+def test_chain_greedy_nan_in_rows_read(cpu):
+    z = torch.zeros(1, 4, 8)
+    z[0, :, 3] = 1.0  # argmax 3 everywhere; drafts [3, 5, 3]: the walk reads rows 0 and 1
+    x = torch.tensor([[3, 5, 3]])
+    with pytest.raises(ValueError, match="target_logits must not contain NaN"):
+        sk.verify_chain_greedy(x, _with(z, (0, 1, 6), NAN))
+    out = sk.verify_chain_greedy(x, _with(z, (0, 2, 6), NAN))  # row 2 is never read
+    assert out.tokens.tolist() == [[3, 3, -1, -1]]
+
+
+def tree_case(V=40):
+    """Root with children 1, 2 (tokens 1, 2), grandchildren 3-6. The root's target is one-hot at
+    token 3: both children are rejected for sure, the residual's mass pass and the final race read
+    the root's rows; no other row is read."""
+    parents = torch.tensor([[-1, 0, 0, 1, 1, 2, 2]])
+    tokens = torch.tensor([[0, 1, 2, 5, 6, 7, 8]])
+    q = torch.full((1, 7, V), 1.0 / V)
+    p = torch.full((1, 7, V), 1.0 / V)
+    p[0, 0] = 0.0
+    p[0, 0, 3] = 1.0
+    return tokens, parents, p, q
+
+
+@pytest.mark.parametrize("replacement", [False, True])
+def test_tree_rows_read_and_not_read(cpu, replacement):
+    tokens, parents, p, q = tree_case()
+    clean = sk.verify_tree(tokens, parents, p, q, replacement=replacement, seed=3)
+    assert clean.tokens[0].tolist()[:2] == [3, -1]
+    for node in range(1, 7):  # rows off the walk: not scanned, the result unchanged
+        out = sk.verify_tree(tokens, parents, _with(p, (0, node, 0), NAN), _with(q, (0, node, 0), 2.0),
+                             replacement=replacement, seed=3)
+        assert torch.equal(out.tokens, clean.tokens)
+    with pytest.raises(ValueError, match=r"target_probs\[0, 0\] \(node 0\) must be a probability row"):
+        sk.verify_tree(tokens, parents, _with(p, (0, 0, 30), NAN), q, replacement=replacement, seed=3)
+    with pytest.raises(ValueError, match=r"target_probs\[0, 0\] \(node 0\) must be a probability row"):
+        sk.verify_tree(tokens, parents, _with(p, (0, 0, 3), 1.5), q, replacement=replacement, seed=3)
+    with pytest.raises(ValueError, match=r"draft_probs\[0, 0\] \(node 0\) must be a probability row"):
+        sk.verify_tree(tokens, parents, p, _with(q, (0, 0, 39), -1.0), replacement=replacement, seed=3)
+    with pytest.raises(ValueError, match=r"target_probs\[0, 0\] \(node 0\) has zero total mass"):
+        sk.verify_tree(tokens, parents, _with(p, (0, 0), 0.0), q, replacement=replacement, seed=3)
+
+
+def test_tree_one_hot_drafts_and_structure(cpu):
+    tokens, parents, p, q = tree_case()
+    with pytest.raises(ValueError, match=r"target_probs\[0, 0\] \(node 0\)"):
+        sk.verify_tree(tokens, parents, _with(p, (0, 0, 11), float("inf")), None, seed=3)
+    with pytest.raises(ValueError, match=r"parents\[0, 3\] = 5 is not a valid parent of node 3"):
+        sk.verify_tree(tokens, _with(parents, (0, 3), 5), p, q, seed=3)
+    with pytest.raises(ValueError, match="nodes 1 and 2 are siblings"):
+        sk.verify_tree(_with(tokens, (0, 2), 1), parents, p, q, seed=3)
+    with pytest.raises(ValueError, match=r"num_nodes\[0\] = 8 must be in \[1, N\]"):
+        sk.verify_tree(tokens, parents, p, q, num_nodes=torch.tensor([8]), seed=3)
+
+
+def test_tree_greedy_nan_on_the_walk(cpu):
+    tokens, parents, _, _ = tree_case()
+    z = torch.zeros(1, 7, 40)
+    z[0, 0, 2] = 1.0  # the root's argmax is 2: node 2 is accepted, then its row is read
+    with pytest.raises(ValueError, match=r"target_logits\[0, 2\] \(node 2\) must not contain NaN"):
+        sk.verify_tree_greedy(tokens, parents, _with(z, (0, 2, 9), NAN))
+    out = sk.verify_tree_greedy(tokens, parents, _with(z, (0, 1, 9), NAN))  # node 1: off the walk
+    assert out.accepted_nodes[0, 0] == 2
