@@ -20,17 +20,18 @@ TORCH_LIBRARY(specdec, m) {
       "verify_chain_greedy(Tensor draft_tokens, Tensor target_logits, Tensor? num_draft, bool check=False) "
       "-> (Tensor, Tensor)");
   // Temperature, top-k, top-p (in that order) per row; temperature/top_p float32 [R], top_k int64 [R].
-  m.def("sampling_probs(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p) -> Tensor");
+  m.def("sampling_probs(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p, bool check=False) -> Tensor");
   // Sampling without replacement (ALGORITHMS.md §2-3; arithmetic spec in
   // specdec_kernels/reference/gumbel.py). temperature float32 [R] / [B]; seed, offset int64 [R] / [B];
   // row_streams as for verify_chain. Returns (tokens, log_probs, scores) and
   // (parents, tokens, log_probs, scores).
   m.def(
-      "gumbel_topk(Tensor logits, Tensor temperature, int k, Tensor seed, Tensor offset, bool row_streams) "
+      "gumbel_topk(Tensor logits, Tensor temperature, int k, Tensor seed, Tensor offset, bool row_streams, "
+      "bool check=False) "
       "-> (Tensor, Tensor, Tensor)");
   m.def(
       "stochastic_beam_step(Tensor logits, Tensor beam_log_probs, Tensor beam_scores, Tensor? beam_mask, "
-      "int width, Tensor temperature, Tensor seed, Tensor offset, bool row_streams) "
+      "int width, Tensor temperature, Tensor seed, Tensor offset, bool row_streams, bool check=False) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
   // Trees (ALGORITHMS.md §4-5; tree format in specdec_kernels/ops/tree.py, arithmetic spec in
   // specdec_kernels/reference/tree.py). parents/tokens int64 [B, N], num_nodes int64 [B];
@@ -48,7 +49,7 @@ TORCH_LIBRARY(specdec, m) {
   m.def("tree_position_ids(Tensor parents, Tensor prefix_len, Tensor? num_nodes) -> Tensor");
   // Entropy in nats of softmax(logits / T) per row (ALGORITHMS.md §6): logits [R, V], temperature
   // float32 [R]; returns float32 [R].
-  m.def("draft_entropy(Tensor logits, Tensor temperature) -> Tensor");
+  m.def("draft_entropy(Tensor logits, Tensor temperature, bool check=False) -> Tensor");
   // Distillation losses (ALGORITHMS.md §7; spec in specdec_kernels/reference/losses.py). kind 0 =
   // total variation, 1 = forward KL. student_logits [N, V], teacher_probs [N, V]. Forward returns
   // float32 [N, 4] per-row stats (lse, value, a, c); backward takes them and a float32 [N] row

@@ -11,14 +11,14 @@ def _chain_fake(draft_tokens, target, *_args, **_kwargs):
     return draft_tokens.new_empty((B, K + 1)), draft_tokens.new_empty((B,))
 
 
-def _gumbel_topk_fake(logits, temperature, k, seed, offset, row_streams):
+def _gumbel_topk_fake(logits, temperature, k, seed, offset, row_streams, check=False):
     R = logits.shape[0]
     return (logits.new_empty((R, k), dtype=torch.long), logits.new_empty((R, k), dtype=torch.float32),
             logits.new_empty((R, k), dtype=torch.float32))
 
 
 def _beam_step_fake(logits, beam_log_probs, beam_scores, beam_mask, width, temperature, seed, offset,
-                    row_streams):
+                    row_streams, check=False):
     B = logits.shape[0]
     ints = logits.new_empty((B, width), dtype=torch.long)
     floats = logits.new_empty((B, width), dtype=torch.float32)
@@ -68,11 +68,11 @@ def _fakes() -> dict:
         "verify_tree_greedy": _tree_fake,
         "tree_attention_mask": _tree_mask_fake,
         "tree_position_ids": lambda parents, prefix_len, num_nodes: parents.new_empty(parents.shape),
-        "draft_entropy": lambda logits, temperature: logits.new_empty((logits.shape[0],),
-                                                                      dtype=torch.float32),
+        "draft_entropy": lambda logits, temperature, check=False: logits.new_empty((logits.shape[0],),
+                                                                                   dtype=torch.float32),
         "divergence_forward": lambda z, p, kind: z.new_empty((z.shape[0], 4), dtype=torch.float32),
         "divergence_backward": lambda z, p, stats, coef, kind: torch.empty_like(z),
-        "sampling_probs": lambda logits, temperature, top_k, top_p: logits.new_empty(logits.shape,
-                                                                                    dtype=torch.float32),
+        "sampling_probs": lambda logits, temperature, top_k, top_p, check=False: logits.new_empty(
+            logits.shape, dtype=torch.float32),
     }
 

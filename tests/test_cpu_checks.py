@@ -156,3 +156,59 @@ def test_tree_greedy_nan_on_the_walk(cpu):
         sk.verify_tree_greedy(tokens, parents, _with(z, (0, 2, 9), NAN))
     out = sk.verify_tree_greedy(tokens, parents, _with(z, (0, 1, 9), NAN))  # node 1: off the walk
     assert out.accepted_nodes[0, 0] == 2
+
+
+# The row ops read every logit anyway: the cpu kernels check them in their first pass over a row.
+ROW_OPS = {
+    "sampling_probs": (lambda z: sk.sampling_probs(z, temperature=0.7, top_k=3),
+                       "logits must not contain NaN or \\+inf", "every entry is -inf"),
+    "sampling_probs_top_p": (lambda z: sk.sampling_probs(z, top_p=0.9),
+                             "logits must not contain NaN or \\+inf", "every entry is -inf"),
+    "draft_entropy": (lambda z: sk.draft_entropy(z, temperature=0.7),
+                      "logits must not contain NaN or \\+inf", "every entry is -inf"),
+    "gumbel_topk": (lambda z: sk.gumbel_topk(z, 2, temperature=0.7, seed=1),
+                    "logits must not contain NaN or \\+inf", None),
+    "stochastic_beam_step": (lambda z: sk.stochastic_beam_step(z[:, None].expand(-1, 2, -1), torch.zeros(z.shape[0], 2),
+                                                               torch.zeros(z.shape[0], 2), 2, temperature=0.7, seed=1),
+                             "logits must not contain NaN or \\+inf", None),
+}
+
+
+@pytest.mark.parametrize("V", [5, 300])
+@pytest.mark.parametrize("op", list(ROW_OPS))
+def test_row_ops_check_logits(cpu, op, V):
+    fn, nan_msg, masked_msg = ROW_OPS[op]
+    z = torch.randn(3, V)
+    fn(z)  # fine
+    for bad in (NAN, float("inf")):
+        with pytest.raises(ValueError, match=nan_msg):
+            fn(_with(z, (2, V - 1), bad))
+    masked = _with(z, 1, float("-inf"))
+    if masked_msg is None:  # the Gumbel ops take a row with no finite logit (it gets no candidate)
+        fn(masked)
+    else:
+        with pytest.raises(ValueError, match=masked_msg):
+            fn(masked)
+
+
+@pytest.mark.parametrize("op", ["gumbel_topk", "stochastic_beam_step"])
+def test_gumbel_ops_check_scaled_overflow(cpu, op):
+    z = torch.randn(2, 40)
+    z[1, 7] = 3e38  # finite, but 3e38 / 0.7 overflows float32
+    fn = ROW_OPS[op][0]
+    with pytest.raises(ValueError, match="must not overflow float32"):
+        fn(z)
+
+
+def test_sampling_and_entropy_params_checked(cpu):
+    z = torch.randn(2, 9)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        sk.sampling_probs(z, temperature=torch.tensor([1.0, 0.0]))
+    with pytest.raises(ValueError, match="top_k must be >= 0"):
+        sk.sampling_probs(z, top_k=torch.tensor([1, -1]))
+    with pytest.raises(ValueError, match="top_p must be in"):
+        sk.sampling_probs(z, top_p=torch.tensor([0.5, 1.5]))
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        sk.draft_entropy(z, temperature=torch.tensor([1.0, float("nan")]))
+    with pytest.raises(ValueError, match="beam_scores must be finite"):
+        sk.stochastic_beam_step(z[:, None], torch.zeros(2, 1), torch.full((2, 1), NAN), 1, seed=0)

@@ -1,6 +1,8 @@
 // Definitions of checks.h; see there why they live in exactly one host-compiled unit.
 #include "checks.h"
 
+#include <cmath>
+
 namespace specdec {
 
 static void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* name) {
@@ -285,18 +287,52 @@ void raise_tree_value_error(const TreeValueError* err, int64_t B, const char* ta
   }
 }
 
-void raise_logits_error(const int8_t* err, int64_t R, const char* nan_msg) {
-  for (int64_t r = 0; r < R; ++r) TORCH_CHECK_VALUE(err[r] != 1, nan_msg);
-  for (int64_t r = 0; r < R; ++r) {
-    TORCH_CHECK_VALUE(err[r] != 2, "logits has a row where every entry is -inf (its distribution is undefined)");
-  }
+void raise_logits_error(const int8_t* err, int64_t R, const char* nan_msg, const char* masked_msg) {
+  for (int64_t r = 0; r < R; ++r) TORCH_CHECK_VALUE(err[r] != kRowNaN, nan_msg);
+  if (masked_msg == nullptr) return;
+  for (int64_t r = 0; r < R; ++r) TORCH_CHECK_VALUE(err[r] != kRowMasked, masked_msg);
 }
 
-void check_temperature_values(const at::Tensor& temperature) {
+void check_temperature_values(const at::Tensor& temperature, const char* msg) {
   const float* t = temperature.data_ptr<float>();
   for (int64_t r = 0; r < temperature.size(0); ++r) {
     const float x = t[r * temperature.stride(0)];
-    TORCH_CHECK_VALUE(x > 0.f && x <= 3.40282347e+38f, "temperature must be > 0 and finite in every row");
+    TORCH_CHECK_VALUE(x > 0.f && x <= 3.40282347e+38f, msg);
+  }
+}
+
+void check_sampling_params(const at::Tensor& top_k, const at::Tensor& top_p) {
+  const int64_t* k = top_k.data_ptr<int64_t>();
+  const float* p = top_p.data_ptr<float>();
+  for (int64_t r = 0; r < top_k.size(0); ++r) {
+    TORCH_CHECK_VALUE(k[r * top_k.stride(0)] >= 0, "top_k must be >= 0 in every row (0 = off)");
+  }
+  for (int64_t r = 0; r < top_p.size(0); ++r) {
+    const float x = p[r * top_p.stride(0)];
+    TORCH_CHECK_VALUE(x > 0.f && x <= 1.f, "top_p must be in (0, 1] in every row (1.0 = off)");
+  }
+}
+
+void check_beam_values(const at::Tensor& beam_log_probs, const at::Tensor& beam_scores,
+                       const std::optional<at::Tensor>& beam_mask) {
+  const auto phi = beam_log_probs.accessor<float, 2>();
+  const auto G = beam_scores.accessor<float, 2>();
+  const int64_t B = beam_log_probs.size(0), W = beam_log_probs.size(1);
+  auto live = [&](int64_t b, int64_t w) {
+    return !beam_mask.has_value() ||
+           beam_mask->data_ptr<bool>()[b * beam_mask->stride(0) + w * beam_mask->stride(1)];
+  };
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t w = 0; w < W; ++w) {
+      TORCH_CHECK_VALUE(!live(b, w) || std::isfinite(phi[b][w]),
+                        "beam_log_probs must be finite for live beams (mask dead beams with beam_mask)");
+    }
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t w = 0; w < W; ++w) {
+      TORCH_CHECK_VALUE(!live(b, w) || std::isfinite(G[b][w]),
+                        "beam_scores must be finite for live beams (mask dead beams with beam_mask)");
+    }
   }
 }
 

@@ -104,10 +104,18 @@ struct TreeValueError {
   int64_t node = 0;
 };
 void raise_tree_value_error(const TreeValueError* err, int64_t B, const char* target_name);
-// Logits of the row ops (sampling_probs, draft_entropy, gumbel_topk, stochastic_beam_step): per row
-// 0 = fine, 1 = NaN or +inf, 2 = every entry -inf; temperature > 0 and finite.
-void raise_logits_error(const int8_t* err, int64_t R, const char* nan_msg);
-void check_temperature_values(const at::Tensor& temperature);
+// Logits of the row ops (sampling_probs, draft_entropy, gumbel_topk, stochastic_beam_step), found
+// by the kernels' first pass over each row: 0 = fine, kRowNaN = NaN or +inf (or, for the Gumbel
+// ops, a scaled logit x / T that overflows), kRowMasked = every entry -inf (an error where
+// masked_msg is given). The first row with a finding raises its message.
+enum RowLogitError : int8_t { kRowOk = 0, kRowNaN = 1, kRowMasked = 2 };
+void raise_logits_error(const int8_t* err, int64_t R, const char* nan_msg, const char* masked_msg);
+// Per-row parameters: temperature > 0 and finite; top_k >= 0; top_p in (0, 1].
+void check_temperature_values(const at::Tensor& temperature, const char* msg);
+void check_sampling_params(const at::Tensor& top_k, const at::Tensor& top_p);
+// stochastic_beam_step: beam_log_probs and beam_scores finite for live beams.
+void check_beam_values(const at::Tensor& beam_log_probs, const at::Tensor& beam_scores,
+                       const std::optional<at::Tensor>& beam_mask);
 
 // Kernels index the vocabulary with unit stride; other dimensions may be strided.
 inline at::Tensor unit_last_stride(const at::Tensor& t) {

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "../common/checks.h"
 #include "simd.h"
@@ -66,8 +67,9 @@ SPECDEC_AVX2 double entropy_row_avx2(const T* row, int64_t V, float t) {
 }
 #endif
 
-at::Tensor draft_entropy_cpu(const at::Tensor& logits_in, const at::Tensor& temperature) {
+at::Tensor draft_entropy_cpu(const at::Tensor& logits_in, const at::Tensor& temperature, bool check) {
   const int64_t R = check_entropy_args(logits_in, temperature);
+  if (check) check_temperature_values(temperature, "temperature must be > 0 and finite in every row");
   const at::Tensor logits = unit_last_stride(logits_in);
   const int64_t V = logits.size(1);
   at::Tensor out = at::empty({R}, logits.options().dtype(at::kFloat));
@@ -75,6 +77,9 @@ at::Tensor draft_entropy_cpu(const at::Tensor& logits_in, const at::Tensor& temp
   const float* temp = temperature.data_ptr<float>();
   const int64_t ts = temperature.stride(0);
   float* h = out.data_ptr<float>();
+  // check=True costs nothing on good rows: NaN or +inf logits and all -inf rows are exactly the
+  // rows whose entropy comes out NaN, and only those are looked at again.
+  std::vector<int8_t> err(check ? R : 0, kRowOk);
   SPECDEC_DISPATCH_PROBS(logits.scalar_type(), "draft_entropy_cpu", [&] {
     const scalar_t* L = logits.data_ptr<scalar_t>();
     const int64_t sr = logits.stride(0);
@@ -103,8 +108,17 @@ at::Tensor draft_entropy_cpu(const at::Tensor& logits_in, const at::Tensor& temp
         const double hv = std::log(z) - a / z;
         h[r] = static_cast<float>(hv > 0.0 ? hv : (hv == hv ? 0.0 : hv));
       }
+      if (check) {
+        for (int64_t r = r0; r < r1; ++r) {
+          if (h[r] != h[r]) err[r] = row_logit_error(L + r * sr, V, temp[r * ts], false);
+        }
+      }
     });
   });
+  if (check) {
+    raise_logits_error(err.data(), R, "logits must not contain NaN or +inf",
+                       "logits has a row where every entry is -inf (its distribution is undefined)");
+  }
   return out;
 }
 

@@ -81,7 +81,7 @@ int64_t scan_row(const T* x, int64_t V, float temp, const DrawKey& key, uint64_t
 // s + (-e ln 2) (plus a margin for rounding) above the k-th best z get their noise computed.
 template <typename T>
 SPECDEC_AVX2 int64_t scan_row_avx2(const T* x, int64_t V, float temp, const DrawKey& key, uint64_t element0,
-                                   int64_t k, Candidate* top, float* lse_out) {
+                                   int64_t k, Candidate* top, float* lse_out, int8_t* err) {
   const __m256 tv = _mm256_set1_ps(temp), ninf = _mm256_set1_ps(kNegInf);
   const bool unit_temp = temp == 1.f;
   const int64_t V8 = V & ~int64_t(7);
@@ -99,6 +99,10 @@ SPECDEC_AVX2 int64_t scan_row_avx2(const T* x, int64_t V, float temp, const Draw
     has_nan |= xv != xv;
   }
   const float m = scale_logit(mx, temp);
+  if (err && (has_nan || m == INFINITY)) {  // check=True, folded into the maximum pass
+    *err = kRowNaN;
+    return 0;
+  }
   const __m256 mm = _mm256_set1_ps(m);
   const bool finite_max = m > kNegInf && m < INFINITY;
   __m256d acc = _mm256_setzero_pd();
@@ -186,18 +190,29 @@ SPECDEC_AVX2 int64_t scan_row_avx2(const T* x, int64_t V, float temp, const Draw
 // scan_row on the fastest path available.
 template <typename T>
 int64_t scan_row_any(const T* x, int64_t V, float temp, const DrawKey& key, uint64_t element0, int64_t k,
-                     Candidate* top, float* lse_out) {
+                     Candidate* top, float* lse_out, int8_t* err) {
 #if SPECDEC_HAVE_AVX2
-  if (simd_enabled() && temp > 0.f) return scan_row_avx2(x, V, temp, key, element0, k, top, lse_out);
+  if (simd_enabled() && temp > 0.f) return scan_row_avx2(x, V, temp, key, element0, k, top, lse_out, err);
 #endif
+  // check=True: NaN, +inf or overflowing x / T (all -inf rows are fine: no candidates).
+  if (err && row_logit_error(x, V, temp, true) == kRowNaN) {
+    *err = kRowNaN;
+    return 0;
+  }
   return scan_row(x, V, temp, key, element0, k, top, lse_out);
 }
+
+constexpr const char* kGumbelLogitsMsg =
+    "logits must not contain NaN or +inf, and logits / temperature must not overflow float32 "
+    "(-inf masks a token)";
+constexpr const char* kGumbelTemperatureMsg = "temperature must be > 0 and finite in every row";
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gumbel_topk_cpu(const at::Tensor& logits_in,
                                                                const at::Tensor& temperature, int64_t k,
                                                                const at::Tensor& seed, const at::Tensor& offset,
-                                                               bool row_streams) {
+                                                               bool row_streams, bool check) {
   const auto [R, V] = check_gumbel_args(logits_in, temperature, k, seed, offset);
+  if (check) check_temperature_values(temperature, kGumbelTemperatureMsg);
   const at::Tensor logits = unit_last_stride(logits_in);
   at::Tensor tokens = at::empty({R, k}, logits.options().dtype(at::kLong));
   at::Tensor log_probs = at::empty({R, k}, logits.options().dtype(at::kFloat));
@@ -209,6 +224,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gumbel_topk_cpu(const at::Tensor&
   int64_t* tok = tokens.data_ptr<int64_t>();
   float* lp = log_probs.data_ptr<float>();
   float* sc = scores.data_ptr<float>();
+  std::vector<int8_t> err(check ? R : 0, kRowOk);
   SPECDEC_DISPATCH_PROBS(logits.scalar_type(), "gumbel_topk_cpu", [&] {
     const scalar_t* X = logits.data_ptr<scalar_t>();
     const int64_t sR = logits.stride(0);
@@ -220,7 +236,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gumbel_topk_cpu(const at::Tensor&
         const float T = temp[r * temperature.stride(0)];
         float lse;
         const scalar_t* row = X + r * sR;
-        const int64_t n = scan_row_any<scalar_t>(row, V, T, key, 0, k, top.data(), &lse);
+        const int64_t n = scan_row_any<scalar_t>(row, V, T, key, 0, k, top.data(), &lse, check ? &err[r] : nullptr);
         for (int64_t j = 0; j < k; ++j) {
           const bool valid = j < n;
           tok[r * k + j] = valid ? top[j].idx : -1;
@@ -230,15 +246,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gumbel_topk_cpu(const at::Tensor&
       }
     });
   });
+  if (check) raise_logits_error(err.data(), R, kGumbelLogitsMsg, nullptr);
   return {tokens, log_probs, scores};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> stochastic_beam_step_cpu(
     const at::Tensor& logits_in, const at::Tensor& beam_log_probs, const at::Tensor& beam_scores,
     const std::optional<at::Tensor>& beam_mask, int64_t width, const at::Tensor& temperature,
-    const at::Tensor& seed, const at::Tensor& offset, bool row_streams) {
+    const at::Tensor& seed, const at::Tensor& offset, bool row_streams, bool check) {
   const BeamDims d = check_beam_args(logits_in, beam_log_probs, beam_scores, beam_mask, width, temperature,
                                      seed, offset);
+  if (check) {
+    check_temperature_values(temperature, kGumbelTemperatureMsg);
+    check_beam_values(beam_log_probs, beam_scores, beam_mask);
+  }
   const int64_t B = d.B, W = d.W, V = d.V;
   const at::Tensor logits = unit_last_stride(logits_in);
   const auto lopts = logits.options().dtype(at::kLong), fopts = logits.options().dtype(at::kFloat);
@@ -259,6 +280,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> stochastic_beam_step_
   const float* temp = temperature.data_ptr<float>();
   const int64_t* seeds = seed.data_ptr<int64_t>();
   const int64_t* offs = offset.data_ptr<int64_t>();
+  std::vector<int8_t> err(check ? B * W : 0, kRowOk);
   SPECDEC_DISPATCH_PROBS(logits.scalar_type(), "stochastic_beam_step_cpu", [&] {
     const scalar_t* X = logits.data_ptr<scalar_t>();
     const int64_t sB = logits.stride(0), sW = logits.stride(1);
@@ -269,9 +291,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> stochastic_beam_step_
         const DrawKey key = make_draw_key(seeds[b * seed.stride(0)], offs[b * offset.stride(0)], 0,
                                           row_streams ? b : 0);
         ncand[i] = scan_row_any<scalar_t>(X + b * sB + w * sW, V, temp[b * temperature.stride(0)], key,
-                                      static_cast<uint64_t>(w * V), kk, cand.data() + i * kk, &lse[i]);
+                                      static_cast<uint64_t>(w * V), kk, cand.data() + i * kk, &lse[i],
+                                      check ? &err[i] : nullptr);
       }
     });
+    if (check) raise_logits_error(err.data(), B * W, kGumbelLogitsMsg, nullptr);
     // Stage 2, parallel over requests: truncated scores, then the `width` best over all beams.
     int64_t* par = parents.data_ptr<int64_t>();
     int64_t* tok = tokens.data_ptr<int64_t>();

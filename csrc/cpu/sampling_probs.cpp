@@ -122,19 +122,29 @@ SPECDEC_AVX2 float kth_largest_avx2(const float* x, int64_t V, int64_t k, std::v
 // go through the exact mass-guided selection.
 template <typename T>
 SPECDEC_AVX2 void filter_row_avx2(const T* in, float* out, int64_t V, float temp, int64_t top_k, float top_p,
-                                  std::vector<float>& scratch) {
+                                  std::vector<float>& scratch, int8_t* err) {
   const int64_t V8 = V & ~int64_t(7);
   const __m256 tv = _mm256_set1_ps(temp);
-  __m256 mv = _mm256_set1_ps(-INFINITY);
+  __m256 mv = _mm256_set1_ps(-INFINITY), nan = _mm256_setzero_ps();
   for (int64_t v = 0; v < V8; v += 8) {
-    const __m256 x = _mm256_div_ps(load8(in + v), tv);
+    const __m256 xin = load8(in + v);
+    const __m256 x = _mm256_div_ps(xin, tv);
     _mm256_storeu_ps(out + v, x);
     mv = _mm256_max_ps(x, mv);
+    if (err) nan = _mm256_or_ps(nan, _mm256_cmp_ps(xin, xin, _CMP_UNORD_Q));
   }
   float mx = hmax8(mv);
+  bool has_nan = _mm256_movemask_ps(nan) != 0;
   for (int64_t v = V8; v < V; ++v) {
     out[v] = static_cast<float>(in[v]) / temp;
     mx = std::max(mx, out[v]);
+    has_nan |= out[v] != out[v];
+  }
+  if (err && (has_nan || mx == INFINITY || mx == -INFINITY)) {
+    // check=True, folded into the first pass: a suspicious row is classified by the scalar helper
+    // (as the Python check does it, on the raw logits) and left unfiltered when it is bad.
+    *err = row_logit_error(in, V, temp, false);
+    if (*err != kRowOk) return;
   }
   float kth = -INFINITY;
   if (top_k > 0 && top_k < V) kth = kth_largest_avx2(out, V, top_k, scratch);
@@ -224,8 +234,13 @@ SPECDEC_AVX2 void filter_row_avx2(const T* in, float* out, int64_t V, float temp
 #endif
 
 at::Tensor sampling_probs_cpu(const at::Tensor& logits_in, const at::Tensor& temperature,
-                              const at::Tensor& top_k, const at::Tensor& top_p) {
+                              const at::Tensor& top_k, const at::Tensor& top_p, bool check) {
   const int64_t R = check_sampling_args(logits_in, temperature, top_k, top_p), V = logits_in.size(1);
+  if (check) {
+    check_temperature_values(temperature,
+                             "temperature must be > 0 and finite in every row (use verify_chain_greedy for greedy)");
+    check_sampling_params(top_k, top_p);
+  }
   const at::Tensor logits = logits_in.contiguous();
   at::Tensor out = at::empty({R, V}, logits.options().dtype(at::kFloat));
   if (R == 0 || V == 0) return out;
@@ -234,6 +249,7 @@ at::Tensor sampling_probs_cpu(const at::Tensor& logits_in, const at::Tensor& tem
   const int64_t* kp = k.data_ptr<int64_t>();
   const float* pp = p.data_ptr<float>();
   float* op = out.data_ptr<float>();
+  std::vector<int8_t> err(check ? R : 0, kRowOk);
   SPECDEC_DISPATCH_PROBS(logits.scalar_type(), "sampling_probs_cpu", [&] {
     const scalar_t* lp = logits.data_ptr<scalar_t>();
     at::parallel_for(0, R, 1, [&](int64_t r0, int64_t r1) {
@@ -241,14 +257,19 @@ at::Tensor sampling_probs_cpu(const at::Tensor& logits_in, const at::Tensor& tem
       for (int64_t r = r0; r < r1; ++r) {
 #if SPECDEC_HAVE_AVX2
         if (simd_enabled() && tp[r] > 0.f) {
-          filter_row_avx2(lp + r * V, op + r * V, V, tp[r], kp[r], pp[r], scratch);
+          filter_row_avx2(lp + r * V, op + r * V, V, tp[r], kp[r], pp[r], scratch, check ? &err[r] : nullptr);
           continue;
         }
 #endif
+        if (check && (err[r] = row_logit_error(lp + r * V, V, tp[r], false)) != kRowOk) continue;
         filter_row(lp + r * V, op + r * V, V, tp[r], kp[r], pp[r], scratch);
       }
     });
   });
+  if (check) {
+    raise_logits_error(err.data(), R, "logits must not contain NaN or +inf",
+                       "logits has a row where every entry is -inf");
+  }
   return out;
 }
 

@@ -228,6 +228,23 @@ SPECDEC_AVX2 int64_t argmax_row_avx2(const T* row, int64_t V, bool* nan) {
 
 #endif  // SPECDEC_HAVE_AVX2
 
+// check=True finding of one logit row (checks.h RowLogitError): NaN or +inf, or with `scaled` a
+// finite logit whose x / temp overflows float32 (the Gumbel ops check the scaled logits), else
+// every entry -inf. The scalar paths call it before their pass; the vector paths fold the same
+// tests into their first pass.
+template <typename T>
+int8_t row_logit_error(const T* row, int64_t V, float temp, bool scaled) {
+  float mx = -INFINITY;
+  for (int64_t v = 0; v < V; ++v) {
+    const float x = static_cast<float>(row[v]);
+    if (x != x || x == INFINITY) return 1;
+    mx = std::max(mx, x);
+  }
+  if (mx == -INFINITY) return 2;
+  if (scaled && mx / temp == INFINITY) return 1;
+  return 0;
+}
+
 // Index of the largest value of row[0..V), ties to the smallest index; NaN never wins; 0 when no
 // value exceeds -inf. Two passes over a row that is in cache after the first: a vector maximum,
 // then the first lane equal to it. `nan` (when given) is set if the row holds a NaN.

@@ -75,7 +75,7 @@ __global__ void __launch_bounds__(kThreads) draft_entropy_kernel(const T* __rest
   }
 }
 
-at::Tensor draft_entropy_cuda(const at::Tensor& logits_in, const at::Tensor& temperature) {
+at::Tensor draft_entropy_cuda(const at::Tensor& logits_in, const at::Tensor& temperature, bool /*check: the wrapper checked*/) {
   const int64_t R = check_entropy_args(logits_in, temperature);
   const at::Tensor logits = unit_last_stride(logits_in);
   const c10::cuda::CUDAGuard guard(logits.device());

@@ -508,7 +508,7 @@ int64_t list_chunk(int64_t rows, int64_t span, int64_t kk) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gumbel_topk_cuda(const at::Tensor& logits_in,
                                                                 const at::Tensor& temperature, int64_t k,
                                                                 const at::Tensor& seed,
-                                                                const at::Tensor& offset, bool row_streams) {
+                                                                const at::Tensor& offset, bool row_streams, bool /*check: the wrapper checked*/) {
   const auto dims = check_gumbel_args(logits_in, temperature, k, seed, offset);
   check_max_k(k, kMaxK, "k", "gumbel_topk");
   const int64_t R = dims.first, V = dims.second;
@@ -546,7 +546,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gumbel_topk_cuda(const at::Tensor
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> stochastic_beam_step_cuda(
     const at::Tensor& logits_in, const at::Tensor& beam_log_probs, const at::Tensor& beam_scores,
     const std::optional<at::Tensor>& beam_mask, int64_t width, const at::Tensor& temperature,
-    const at::Tensor& seed, const at::Tensor& offset, bool row_streams) {
+    const at::Tensor& seed, const at::Tensor& offset, bool row_streams, bool /*check: the wrapper checked*/) {
   const BeamDims d = check_beam_args(logits_in, beam_log_probs, beam_scores, beam_mask, width, temperature,
                                      seed, offset);
   check_max_k(width, kMaxK, "width", "stochastic_beam_step");

@@ -251,7 +251,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 at::Tensor sampling_probs_cuda(const at::Tensor& logits_in, const at::Tensor& temperature,
-                               const at::Tensor& top_k, const at::Tensor& top_p) {
+                               const at::Tensor& top_k, const at::Tensor& top_p, bool /*check: the wrapper checked*/) {
   const int64_t R = check_sampling_args(logits_in, temperature, top_k, top_p), V = logits_in.size(1);
   const c10::cuda::CUDAGuard guard(logits_in.device());
   const at::Tensor logits = logits_in.contiguous();

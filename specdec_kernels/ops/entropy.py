@@ -79,8 +79,9 @@ def draft_entropy(logits: torch.Tensor, *, temperature: float | torch.Tensor = 1
         >>> sk.draft_entropy(torch.zeros(2, 4))           # uniform over 4: log 4
         tensor([1.3863, 1.3863])
     """
-    flat, temp, lead = _prepare(logits, temperature, check)
-    backend = _backend.select("draft_entropy", logits.device)
+    backend = _backend.select("draft_entropy", require_tensor(logits, "logits").device)
+    # The cpu kernel checks the logits itself, for free: bad rows are those whose entropy is NaN.
+    flat, temp, lead = _prepare(logits, temperature, check and backend != "cpu")
     if backend == "reference":
         from ..reference.entropy import draft_entropy as ref
 
@@ -90,7 +91,7 @@ def draft_entropy(logits: torch.Tensor, *, temperature: float | torch.Tensor = 1
         from ..triton.entropy import draft_entropy as tri
 
         return tri(flat, temp).reshape(lead)
-    return torch.ops.specdec.draft_entropy(flat, temp).reshape(lead)
+    return torch.ops.specdec.draft_entropy(flat, temp, check and backend == "cpu").reshape(lead)
 
 
 def adaedl_stop(logits: torch.Tensor, threshold: float | torch.Tensor, *, gamma: float = 0.2,

@@ -182,9 +182,11 @@ def gumbel_topk(
         >>> sorted(out.tokens[0].tolist())
         [0, 1, 2]
     """
-    R, V, temp = _check_gumbel_topk(logits, k, temperature, check)
+    dev = require_tensor(logits, "logits").device
+    backend = _route_large_k(_backend.select("gumbel_topk", dev), k if isinstance(k, int) else 0)
+    # The cpu kernel checks the logits in its first pass over each row (no extra pass here).
+    R, V, temp = _check_gumbel_topk(logits, k, temperature, check and backend != "cpu")
     seeds, offsets, row_streams = rng_rows(seed, offset, R, logits.device, generator)
-    backend = _route_large_k(_backend.select("gumbel_topk", logits.device), k)
     if backend == "reference":
         from ..reference.gumbel import gumbel_topk as ref
 
@@ -194,7 +196,8 @@ def gumbel_topk(
         from ..triton.gumbel import gumbel_topk as tri
 
         return TopKSample(*tri(logits, temp, k, seeds, offsets, row_streams))
-    return TopKSample(*torch.ops.specdec.gumbel_topk(logits, temp, k, seeds, offsets, row_streams))
+    return TopKSample(*torch.ops.specdec.gumbel_topk(logits, temp, k, seeds, offsets, row_streams,
+                                                     check and backend == "cpu"))
 
 
 def stochastic_beam_step(
@@ -251,10 +254,11 @@ def stochastic_beam_step(
         >>> step.tokens.shape, bool((step.parents == 0).all())
         (torch.Size([2, 3]), True)
     """
+    dev = require_tensor(logits, "logits").device
+    backend = _route_large_k(_backend.select("stochastic_beam_step", dev), width if isinstance(width, int) else 0)
     B, W, V, temp, phi, G, mask = _check_beam_step(logits, beam_log_probs, beam_scores, width, temperature,
-                                                   beam_mask, check)
+                                                   beam_mask, check and backend != "cpu")
     seeds, offsets, row_streams = rng_rows(seed, offset, B, logits.device, generator)
-    backend = _route_large_k(_backend.select("stochastic_beam_step", logits.device), width)
     if backend == "reference":
         from ..reference.gumbel import stochastic_beam_step as ref
 
@@ -265,4 +269,4 @@ def stochastic_beam_step(
 
         return BeamStep(*tri(logits, phi, G, mask, width, temp, seeds, offsets, row_streams))
     return BeamStep(*torch.ops.specdec.stochastic_beam_step(logits, phi, G, mask, width, temp, seeds, offsets,
-                                                            row_streams))
+                                                            row_streams, check and backend == "cpu"))

@@ -86,8 +86,9 @@ def sampling_probs(
         >>> sk.sampling_probs(torch.tensor([[2.0, 1.0, 0.0, -1.0]]), temperature=0.5, top_k=2)
         tensor([[0.8808, 0.1192, 0.0000, 0.0000]])
     """
-    flat, temp, k, p, shape = _prepare(logits, temperature, top_k, top_p, check)
-    backend = _backend.select("sampling_probs", logits.device)
+    backend = _backend.select("sampling_probs", require_tensor(logits, "logits").device)
+    # The cpu kernel checks the logits in its first pass over each row, the parameters in C++.
+    flat, temp, k, p, shape = _prepare(logits, temperature, top_k, top_p, check and backend != "cpu")
     if backend == "reference":
         from ..reference.sampling import sampling_probs as ref
 
@@ -96,4 +97,4 @@ def sampling_probs(
         from ..triton.sampling import sampling_probs as tri
 
         return tri(flat, temp, k, p).reshape(shape)
-    return torch.ops.specdec.sampling_probs(flat, temp, k, p).reshape(shape)
+    return torch.ops.specdec.sampling_probs(flat, temp, k, p, check and backend == "cpu").reshape(shape)
