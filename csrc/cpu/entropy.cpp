@@ -19,45 +19,50 @@ namespace {
 
 #if SPECDEC_HAVE_AVX2
 // The same two passes eight lanes at a time. The maximum is taken on the raw logits (x -> x / t is
-// monotone for t > 0, so max(x) / t is the maximum of the scaled row); d = x / t - m is one fused
-// multiply-add with 1 / t (within an ulp of the division, inside the float32 tolerance of the
-// result). exp8 for the exponentials; 32 elements per step summed in float (4 terms a lane), then
-// added to double accumulators, so no add chain limits the loop and 128K terms lose nothing.
+// monotone for t > 0, so max(x) / t is the maximum of the scaled row), with the NaN test, in the
+// pass that streams the row from memory; d = x / t - m is one fused multiply-add with 1 / t
+// (within an ulp of the division, inside the float32 tolerance of the result). exp8_le0 for the
+// exponentials; 32 elements per step summed in float (4 terms a lane), then added to double
+// accumulators, so no add chain limits the loop and 128K terms lose nothing.
 template <typename T>
 SPECDEC_AVX2 double entropy_row_avx2(const T* row, int64_t V, float t) {
   const int64_t V32 = V & ~int64_t(31);
-  __m256 mv = _mm256_set1_ps(-INFINITY);
-  for (int64_t v = 0; v < V32; v += 32) {
-    const __m256 a = _mm256_max_ps(load8(row + v), load8(row + v + 8));
-    const __m256 b = _mm256_max_ps(load8(row + v + 16), load8(row + v + 24));
-    mv = _mm256_max_ps(_mm256_max_ps(a, b), mv);  // max_ps(x, m) drops NaN (as std::max does)
+  __m256 mv = _mm256_set1_ps(-INFINITY), nan = _mm256_setzero_ps();
+  for (int64_t v = 0; v < V32; v += 16) {
+    const __m256 x0 = load8(row + v), x1 = load8(row + v + 8);
+    mv = _mm256_max_ps(_mm256_max_ps(x0, x1), mv);  // max_ps(x, m) drops NaN (as std::max does)
+    nan = _mm256_or_ps(nan, _mm256_cmp_ps(x0, x1, _CMP_UNORD_Q));
   }
   float mx = hmax8(mv);
-  for (int64_t v = V32; v < V; ++v) mx = std::max(mx, static_cast<float>(row[v]));
+  bool bad = _mm256_movemask_ps(nan) != 0;
+  for (int64_t v = V32; v < V; ++v) {
+    const float x = static_cast<float>(row[v]);
+    mx = std::max(mx, x);
+    bad |= x != x;
+  }
   const float m = mx / t;
-  const float it = 1.f / t;
-  const __m256 itv = _mm256_set1_ps(it), mm = _mm256_set1_ps(m), ninf = _mm256_set1_ps(-INFINITY);
+  // A NaN logit, or +inf (inf - inf) or an all -inf row (-inf + inf): NaN, as the scalar sums give.
+  if (bad || !(m > -INFINITY && m < INFINITY)) return std::numeric_limits<double>::quiet_NaN();
+  const __m256 itv = _mm256_set1_ps(1.f / t), mm = _mm256_set1_ps(m);
   __m256d z = _mm256_setzero_pd(), a = _mm256_setzero_pd();
-  __m256 nan = _mm256_setzero_ps();
   for (int64_t v = 0; v < V32; v += 32) {
     __m256 es = _mm256_setzero_ps(), eds = _mm256_setzero_ps();
     for (int j = 0; j < 4; ++j) {
-      const __m256 d = _mm256_fmsub_ps(load8(row + v + 8 * j), itv, mm);
-      nan = _mm256_or_ps(nan, _mm256_cmp_ps(d, d, _CMP_UNORD_Q));
-      const __m256 live = _mm256_cmp_ps(d, ninf, _CMP_NEQ_OQ);  // masked tokens add nothing
-      const __m256 e = _mm256_and_ps(exp8(d), live);
+      // Tokens below the float range of exp (masked ones, -inf, included) add exactly 0 to Z and
+      // A: e is zeroed there and d clamped, so that 0 * d is never 0 * -inf.
+      const __m256 lo = _mm256_set1_ps(-87.3365447505531f);
+      const __m256 raw = _mm256_fmsub_ps(load8(row + v + 8 * j), itv, mm);
+      const __m256 d = _mm256_max_ps(raw, lo);
+      const __m256 e = _mm256_and_ps(exp8_le0(d), _mm256_cmp_ps(raw, lo, _CMP_GE_OQ));
       es = _mm256_add_ps(es, e);
-      eds = _mm256_fmadd_ps(e, _mm256_and_ps(d, live), eds);
+      eds = _mm256_fmadd_ps(e, d, eds);
     }
     z = add_to_double(z, es);
     a = add_to_double(a, eds);
   }
-  // A NaN logit (or +inf, giving inf - inf) makes the scalar sums NaN: the same answer here.
-  if (_mm256_movemask_ps(nan) != 0 || m != m) return std::numeric_limits<double>::quiet_NaN();
   double zs = hsum4d(z), as = hsum4d(a);
   for (int64_t v = V32; v < V; ++v) {
     const float d = static_cast<float>(row[v]) / t - m;
-    if (d != d) return std::numeric_limits<double>::quiet_NaN();
     if (d == -std::numeric_limits<float>::infinity()) continue;
     const float e = std::exp(d);
     zs += e;

@@ -131,7 +131,7 @@ SPECDEC_AVX2 int64_t scan_row_avx2(const T* x, int64_t V, float temp, const Draw
     }
     if (finite_max) {
       __m256 es = _mm256_setzero_ps();
-      for (int t = 0; t < 16; ++t) es = _mm256_add_ps(es, exp8(_mm256_sub_ps(sv[t], mm)));
+      for (int t = 0; t < 16; ++t) es = _mm256_add_ps(es, exp8_le0(_mm256_sub_ps(sv[t], mm)));
       acc = add_to_double(acc, es);
     }
     int any = 0;

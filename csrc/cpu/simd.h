@@ -148,12 +148,15 @@ SPECDEC_AVX2 inline void uniforms128(const DrawKey& key, uint32_t j, __m256 u[16
   uniforms64(key, 2 * j + 1, u + 8);
 }
 
-// exp(x) for float lanes (Cephes expf: 2^n times a degree-6 polynomial on [-ln2/2, ln2/2]);
-// below -87.3 (and -inf) it returns 0, not a denormal.
+// exp(x) for float lanes (Cephes expf: n = round(x / ln 2), r = x - n ln 2 in two steps, e^r =
+// 1 + r + r^2 P5(r) on |r| <= ln2 / 2, about 1 ulp; 2^n added to the exponent bits). Below -87.3
+// (and -inf) it returns 0, not a denormal; above 88.4 the input is clamped (callers subtract a
+// maximum first). Its accuracy matters where it makes outputs: top-p keeps or drops a token by
+// comparing sums of these probabilities with top_p, and a 2-ulp exp flips ties there.
 SPECDEC_AVX2 inline __m256 exp8(__m256 x) {
-  const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-87.3365447505531f);
+  const __m256 lo = _mm256_set1_ps(-87.3365447505531f);
   const __m256 underflow = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
-  x = _mm256_max_ps(_mm256_min_ps(x, hi), lo);
+  x = _mm256_max_ps(lo, _mm256_min_ps(_mm256_set1_ps(88.3762626647949f), x));  // NaN stays NaN
   const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
@@ -165,9 +168,63 @@ SPECDEC_AVX2 inline __m256 exp8(__m256 x) {
   y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
   y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
   y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.f)));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+  // y in [0.7, 1.42], n in [-126, 127]: the exponent field stays a normal float's.
+  y = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(y), _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23)));
   return _mm256_andnot_ps(underflow, y);
+}
+
+// log(x) for float lanes (Cephes logf: frexp, then a degree-9 polynomial on [sqrt(1/2) - 1,
+// sqrt(2) - 1]). Inputs are clamped to the smallest normal float: callers mask x <= 0 themselves.
+SPECDEC_AVX2 inline __m256 log8(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(1.17549435e-38f));
+  const __m256i bits = _mm256_castps_si256(x);
+  __m256 e = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(126)));
+  // mantissa in [0.5, 1)
+  __m256 m = _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x007FFFFF)),
+                                                 _mm256_set1_epi32(0x3F000000)));
+  const __m256 small = _mm256_cmp_ps(m, _mm256_set1_ps(0.707106781186547524f), _CMP_LT_OQ);
+  e = _mm256_sub_ps(e, _mm256_and_ps(small, _mm256_set1_ps(1.f)));
+  m = _mm256_sub_ps(_mm256_add_ps(m, _mm256_and_ps(small, m)), _mm256_set1_ps(1.f));
+  const __m256 z = _mm256_mul_ps(m, m);
+  __m256 y = _mm256_set1_ps(7.0376836292e-2f);
+  y = _mm256_fmadd_ps(y, m, _mm256_set1_ps(-1.1514610310e-1f));
+  y = _mm256_fmadd_ps(y, m, _mm256_set1_ps(1.1676998740e-1f));
+  y = _mm256_fmadd_ps(y, m, _mm256_set1_ps(-1.2420140846e-1f));
+  y = _mm256_fmadd_ps(y, m, _mm256_set1_ps(1.4249322787e-1f));
+  y = _mm256_fmadd_ps(y, m, _mm256_set1_ps(-1.6668057665e-1f));
+  y = _mm256_fmadd_ps(y, m, _mm256_set1_ps(2.0000714765e-1f));
+  y = _mm256_fmadd_ps(y, m, _mm256_set1_ps(-2.4999993993e-1f));
+  y = _mm256_fmadd_ps(y, m, _mm256_set1_ps(3.3333331174e-1f));
+  y = _mm256_mul_ps(_mm256_mul_ps(y, m), z);
+  y = _mm256_fmadd_ps(e, _mm256_set1_ps(-2.12194440e-4f), y);
+  y = _mm256_fnmadd_ps(z, _mm256_set1_ps(0.5f), y);
+  return _mm256_fmadd_ps(e, _mm256_set1_ps(0.693359375f), _mm256_add_ps(m, y));
+}
+
+// exp(x) for x <= 0, the terms of softmax-type sums (x = logit - max), at about half the
+// multiply-pipe work of exp8, which bounds those loops: 2^t with t = x log2(e) split into
+// n + f, |f| <= 1/2, and 2^f from a degree-5 near-minimax polynomial (relative error 1.9e-7 in
+// float32), n added to the exponent bits. Rounding t costs |t| 2^-24 of relative error, so a term
+// e^x is within 2^-24 |x| log2(e) + 1.9e-7 of exact: below 1e-6 for the terms that matter to a
+// sum >= 1 (x > -14), and negligible beyond (those terms are below 1e-6 of the sum). x < -87.3
+// (-inf included) gives exp(-87.3) ~ 1.2e-38, not 0; NaN stays NaN. Only for sums: probabilities
+// that are outputs use exp8 (a masked token's probability must be exactly 0).
+SPECDEC_AVX2 inline __m256 exp8_le0(__m256 x) {
+  x = _mm256_max_ps(_mm256_set1_ps(-87.3365447505531f), x);  // max_ps(lo, NaN) returns the NaN
+  const __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f));
+  const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 f = _mm256_sub_ps(t, n);
+  // Fitted with the constant term pinned to 1: exp(0) is exactly 1, so a one-hot row sums to 1.
+  __m256 y = _mm256_set1_ps(1.3264724984765053e-3f);
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(9.671512991189957e-3f));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(5.550733581185341e-2f));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(2.4022242426872253e-1f));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(6.931470036506653e-1f));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.f));
+  // y in [0.7, 1.42] and n >= -126: adding n to the exponent field stays a normal float (n of a
+  // NaN lane is 0x80000000, whose shifted value is 0: the NaN is kept).
+  return _mm256_castsi256_ps(
+      _mm256_add_epi32(_mm256_castps_si256(y), _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23)));
 }
 
 SPECDEC_AVX2 inline float hmax8(__m256 v) {
