@@ -227,6 +227,29 @@ SPECDEC_AVX2 inline __m256 exp8_le0(__m256 x) {
       _mm256_add_epi32(_mm256_castps_si256(y), _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23)));
 }
 
+// Left-packing of the lanes selected by an 8-bit mask (AVX2 has no compress instruction): a
+// permutation per mask from a 256-entry table, one full store, the pointer advanced by the count.
+// `dst` needs room for 8 floats past the last kept one.
+struct CompressTable {
+  alignas(32) int32_t idx[256][8];
+  constexpr CompressTable() : idx() {
+    for (int m = 0; m < 256; ++m) {
+      int k = 0;
+      for (int j = 0; j < 8; ++j) {
+        if (m & (1 << j)) idx[m][k++] = j;
+      }
+      for (; k < 8; ++k) idx[m][k] = 0;
+    }
+  }
+};
+inline constexpr CompressTable kCompress{};
+
+SPECDEC_AVX2 inline float* compress_store8(float* dst, __m256 v, int mask) {
+  const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(kCompress.idx[mask]));
+  _mm256_storeu_ps(dst, _mm256_permutevar8x32_ps(v, perm));
+  return dst + __builtin_popcount(static_cast<unsigned>(mask));
+}
+
 SPECDEC_AVX2 inline float hmax8(__m256 v) {
   __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   m = _mm_max_ps(m, _mm_movehl_ps(m, m));
