@@ -77,38 +77,52 @@ struct TreeResidual {
 };
 
 #if SPECDEC_HAVE_AVX2
-// fixed_point_add over four lanes: the same words (hi = floor(r 2^32), lo = floor(r 2^64) - hi 2^32,
-// both exact integers below 2^33 in double), turned into int64 by the 2^52 trick.
-SPECDEC_AVX2 inline void fixed_point_add4(__m256d r, __m256i& hi, __m256i& lo) {
-  const __m256d zero = _mm256_setzero_pd(), one = _mm256_set1_pd(1.0);
-  r = _mm256_and_pd(_mm256_min_pd(r, one), _mm256_cmp_pd(r, zero, _CMP_GT_OQ));
-  const __m256d h = _mm256_round_pd(_mm256_mul_pd(r, _mm256_set1_pd(4294967296.0)),
+// fixed_point_add over four lanes: the same words, hi = floor(r 2^32) and lo = floor(r 2^64) -
+// hi 2^32 (both exact integers below 2^33 in double), summed in double accumulators: integer
+// values below 2^53 add exactly in double, so the words need no int64 conversion per element.
+// The caller flushes the accumulators to int64 well before 2^53 (kFlushElements).
+SPECDEC_AVX2 inline void fixed_point_acc4(__m256d r, __m256d& acc_hi, __m256d& acc_lo) {
+  // r >= 0 and NaN-free (the residual maps NaN and negatives to 0); values above 1 only come from
+  // invalid inputs and are clamped like fixed_point_add does.
+  r = _mm256_min_pd(r, _mm256_set1_pd(1.0));
+  const __m256d t = _mm256_mul_pd(r, _mm256_set1_pd(4294967296.0));  // r 2^32, exact
+  const __m256d h = _mm256_round_pd(t, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+  const __m256d l = _mm256_round_pd(_mm256_mul_pd(_mm256_sub_pd(t, h), _mm256_set1_pd(4294967296.0)),
                                     _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-  const __m256d l = _mm256_round_pd(
-      _mm256_fmsub_pd(r, _mm256_set1_pd(18446744073709551616.0), _mm256_mul_pd(h, _mm256_set1_pd(4294967296.0))),
-      _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-  const __m256d magic = _mm256_set1_pd(4503599627370496.0);  // 2^52
-  const __m256i mbits = _mm256_castpd_si256(magic);
-  hi = _mm256_add_epi64(hi, _mm256_sub_epi64(_mm256_castpd_si256(_mm256_add_pd(h, magic)), mbits));
-  lo = _mm256_add_epi64(lo, _mm256_sub_epi64(_mm256_castpd_si256(_mm256_add_pd(l, magic)), mbits));
+  acc_hi = _mm256_add_pd(acc_hi, h);
+  acc_lo = _mm256_add_pd(acc_lo, l);
+}
+
+SPECDEC_AVX2 inline void flush_words(__m256d& acc_hi, __m256d& acc_lo, int64_t& hi, int64_t& lo) {
+  alignas(32) double hw[4], lw[4];
+  _mm256_store_pd(hw, acc_hi);
+  _mm256_store_pd(lw, acc_lo);
+  for (int j = 0; j < 4; ++j) {
+    hi += static_cast<int64_t>(hw[j]);
+    lo += static_cast<int64_t>(lw[j]);
+  }
+  acc_hi = acc_lo = _mm256_setzero_pd();
 }
 
 template <typename T>
 SPECDEC_AVX2 void residual_words_avx2(const TreeResidual<T>& f, int64_t V, int64_t& hi, int64_t& lo) {
-  __m256i h = _mm256_setzero_si256(), l = _mm256_setzero_si256();
+  // Each lane adds at most 2^32 per element: flushing every 2^18 elements (2^16 per lane) keeps
+  // the double sums below 2^49, exact.
+  constexpr int64_t kFlushElements = int64_t(1) << 18;
+  // Two pairs of accumulators: independent add chains for the two halves of each vector.
+  __m256d ah = _mm256_setzero_pd(), al = _mm256_setzero_pd(), bh = ah, bl = ah;
   const int64_t V8 = V & ~int64_t(7);
   for (int64_t v = 0; v < V8; v += 8) {
     const __m256 r = f.vec(v);
-    fixed_point_add4(_mm256_cvtps_pd(_mm256_castps256_ps128(r)), h, l);
-    fixed_point_add4(_mm256_cvtps_pd(_mm256_extractf128_ps(r, 1)), h, l);
+    fixed_point_acc4(_mm256_cvtps_pd(_mm256_castps256_ps128(r)), ah, al);
+    fixed_point_acc4(_mm256_cvtps_pd(_mm256_extractf128_ps(r, 1)), bh, bl);
+    if (((v + 8) & (kFlushElements - 1)) == 0) {
+      flush_words(ah, al, hi, lo);
+      flush_words(bh, bl, hi, lo);
+    }
   }
-  alignas(32) int64_t hw[4], lw[4];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(hw), h);
-  _mm256_store_si256(reinterpret_cast<__m256i*>(lw), l);
-  for (int j = 0; j < 4; ++j) {
-    hi += hw[j];
-    lo += lw[j];
-  }
+  flush_words(ah, al, hi, lo);
+  flush_words(bh, bl, hi, lo);
   for (int64_t v = V8; v < V; ++v) fixed_point_add(f.at(v), hi, lo);
 }
 #endif
