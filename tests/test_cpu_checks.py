@@ -71,7 +71,8 @@ def test_chain_rows_not_read_are_not_checked(cpu):
     clean = sk.verify_chain(x, p, q, seed=1)
     assert int(clean.num_accepted) == 2
     # the bonus row p[3], and q / p of accepted positions beyond the drafted tokens
-    for pp, qq in [(_with(p, (0, 3, 1), NAN), q), (_with(p, (0, 0, 5), NAN), q), (p, _with(q, (0, 0, 7), NAN))]:
+    unread = [(_with(p, (0, 3, 1), NAN), q), (_with(p, (0, 0, 5), NAN), q), (p, _with(q, (0, 0, 7), NAN))]
+    for pp, qq in unread:
         out = sk.verify_chain(x, pp, qq, seed=1)
         assert torch.equal(out.tokens, clean.tokens)
         assert torch.equal(out.tokens, sk.verify_chain(x, pp, qq, seed=1, check=False).tokens)
@@ -168,8 +169,9 @@ ROW_OPS = {
                       "logits must not contain NaN or \\+inf", "every entry is -inf"),
     "gumbel_topk": (lambda z: sk.gumbel_topk(z, 2, temperature=0.7, seed=1),
                     "logits must not contain NaN or \\+inf", None),
-    "stochastic_beam_step": (lambda z: sk.stochastic_beam_step(z[:, None].expand(-1, 2, -1), torch.zeros(z.shape[0], 2),
-                                                               torch.zeros(z.shape[0], 2), 2, temperature=0.7, seed=1),
+    "stochastic_beam_step": (lambda z: sk.stochastic_beam_step(
+        z[:, None].expand(-1, 2, -1), torch.zeros(z.shape[0], 2), torch.zeros(z.shape[0], 2), 2,
+        temperature=0.7, seed=1),
                              "logits must not contain NaN or \\+inf", None),
 }
 

@@ -12,7 +12,6 @@ independent brute force; golden trees drawn by hand; determinism; input checks.
 from __future__ import annotations
 
 import contextlib
-
 import functools
 import math
 

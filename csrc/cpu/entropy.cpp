@@ -27,20 +27,8 @@ namespace {
 template <typename T>
 SPECDEC_AVX2 double entropy_row_avx2(const T* row, int64_t V, float t) {
   const int64_t V32 = V & ~int64_t(31);
-  __m256 mv = _mm256_set1_ps(-INFINITY), nan = _mm256_setzero_ps();
-  for (int64_t v = 0; v < V32; v += 16) {
-    const __m256 x0 = load8(row + v), x1 = load8(row + v + 8);
-    mv = _mm256_max_ps(_mm256_max_ps(x0, x1), mv);  // max_ps(x, m) drops NaN (as std::max does)
-    nan = _mm256_or_ps(nan, _mm256_cmp_ps(x0, x1, _CMP_UNORD_Q));
-  }
-  float mx = hmax8(mv);
-  bool bad = _mm256_movemask_ps(nan) != 0;
-  for (int64_t v = V32; v < V; ++v) {
-    const float x = static_cast<float>(row[v]);
-    mx = std::max(mx, x);
-    bad |= x != x;
-  }
-  const float m = mx / t;
+  bool bad = false;
+  const float m = max_and_nan_avx2(row, V, &bad) / t;
   // A NaN logit, or +inf (inf - inf) or an all -inf row (-inf + inf): NaN, as the scalar sums give.
   if (bad || !(m > -INFINITY && m < INFINITY)) return std::numeric_limits<double>::quiet_NaN();
   const __m256 itv = _mm256_set1_ps(1.f / t), mm = _mm256_set1_ps(m);

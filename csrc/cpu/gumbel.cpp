@@ -27,6 +27,18 @@ struct Candidate {
   int64_t idx;
 };
 
+// Offers (z, v) to the sorted list top[0..n) of at most k candidates (z desc, idx asc); a shift
+// beats a heap for the small k of tree drafting.
+inline void offer_candidate(Candidate* top, int64_t& n, int64_t k, float z, int64_t v) {
+  if (n == k && !topk_better(z, v, top[k - 1].z, top[k - 1].idx)) return;
+  int64_t pos = n < k ? n++ : k - 1;
+  while (pos > 0 && topk_better(z, v, top[pos - 1].z, top[pos - 1].idx)) {
+    top[pos] = top[pos - 1];
+    --pos;
+  }
+  top[pos] = {z, v};
+}
+
 // One row: its top-k candidates by (z desc, idx asc) and its log-sum-exp of s = x / T.
 // `element0` is the Philox element of vocabulary index 0 (w * V for beam w of a request).
 template <typename T>
@@ -55,15 +67,8 @@ int64_t scan_row(const T* x, int64_t V, float temp, const DrawKey& key, uint64_t
       cached_block = e >> 2;
       words = draw_block(key, static_cast<uint32_t>(cached_block));
     }
-    const float z = s + gumbel_from_uniform(word_to_uniform(pick_word(words, static_cast<uint32_t>(e & 3))));
-    if (n == k && !topk_better(z, v, top[k - 1].z, top[k - 1].idx)) continue;
-    // Insertion into the sorted list (k is small: a shift beats a heap here).
-    int64_t pos = n < k ? n++ : k - 1;
-    while (pos > 0 && topk_better(z, v, top[pos - 1].z, top[pos - 1].idx)) {
-      top[pos] = top[pos - 1];
-      --pos;
-    }
-    top[pos] = {z, v};
+    offer_candidate(top, n, k, s + gumbel_from_uniform(word_to_uniform(pick_word(words, static_cast<uint32_t>(e & 3)))),
+                    v);
   }
   *lse_out = m == kNegInf ? kNegInf : static_cast<float>(m + std::log(sum));
   return n;
@@ -84,20 +89,8 @@ SPECDEC_AVX2 int64_t scan_row_avx2(const T* x, int64_t V, float temp, const Draw
                                    int64_t k, Candidate* top, float* lse_out, int8_t* err) {
   const __m256 tv = _mm256_set1_ps(temp), ninf = _mm256_set1_ps(kNegInf);
   const bool unit_temp = temp == 1.f;
-  const int64_t V8 = V & ~int64_t(7);
-  __m256 mv = ninf, nan = _mm256_setzero_ps();
-  for (int64_t v = 0; v < V8; v += 8) {
-    const __m256 xv = load8(x + v);
-    mv = _mm256_max_ps(xv, mv);
-    nan = _mm256_or_ps(nan, _mm256_cmp_ps(xv, xv, _CMP_UNORD_Q));
-  }
-  float mx = hmax8(mv);
-  bool has_nan = _mm256_movemask_ps(nan) != 0;
-  for (int64_t v = V8; v < V; ++v) {
-    const float xv = static_cast<float>(x[v]);
-    mx = std::max(mx, xv);
-    has_nan |= xv != xv;
-  }
+  bool has_nan = false;
+  const float mx = max_and_nan_avx2(x, V, &has_nan);
   const float m = scale_logit(mx, temp);
   if (err && (has_nan || m == INFINITY)) {  // check=True, folded into the maximum pass
     *err = kRowNaN;
@@ -164,15 +157,7 @@ SPECDEC_AVX2 int64_t scan_row_avx2(const T* x, int64_t V, float temp, const Draw
         mask &= mask - 1;
         const float s = sbuf[i];
         if (s == kNegInf) continue;
-        const int64_t v = v0 + i;
-        const float z = s + gumbel_from_uniform(ubuf[i]);
-        if (n == k && !topk_better(z, v, top[k - 1].z, top[k - 1].idx)) continue;
-        int64_t pos = n < k ? n++ : k - 1;
-        while (pos > 0 && topk_better(z, v, top[pos - 1].z, top[pos - 1].idx)) {
-          top[pos] = top[pos - 1];
-          --pos;
-        }
-        top[pos] = {z, v};
+        offer_candidate(top, n, k, s + gumbel_from_uniform(ubuf[i]), v0 + i);
       }
     }
   }

@@ -16,6 +16,22 @@
 namespace specdec {
 namespace {
 
+// One element's share of the forward statistics (scalar path and vector tails): the same float
+// formula q = exp(z - lse) as the backward pass, so both agree on r = 1[p > q].
+inline void divergence_term(float zv, float pv, int64_t kind, double& value, double& a, double& c) {
+  if (kind == 0) {
+    const float q = std::exp(zv);
+    value += std::fabs(static_cast<double>(pv) - q);
+    if (pv > q) {
+      a += q;
+      c += 1.0;
+    }
+  } else {
+    if (pv > 0.f) value += static_cast<double>(pv) * (std::log(static_cast<double>(pv)) - zv);
+    a += pv;
+  }
+}
+
 #if SPECDEC_HAVE_AVX2
 // The three passes of forward_rows eight lanes at a time: maximum, log-sum-exp (exp8), then the
 // divergence with q = exp8(z - lse), the same float formula as backward_row_avx2 so both passes
@@ -63,19 +79,7 @@ SPECDEC_AVX2 void forward_row_avx2(const Z* z, const P* p, int64_t V, int64_t ki
   }
   double value = hsum4d(val), a = hsum4d(acc_a), c = hsum4d(acc_c);
   for (int64_t v = V32; v < V; ++v) {
-    const float zv = static_cast<float>(z[v]) - lse;
-    const float pv = static_cast<float>(p[v]);
-    if (kind == 0) {
-      const float q = std::exp(zv);
-      value += std::fabs(static_cast<double>(pv) - q);
-      if (pv > q) {
-        a += q;
-        c += 1.0;
-      }
-    } else {
-      if (pv > 0.f) value += static_cast<double>(pv) * (std::log(static_cast<double>(pv)) - zv);
-      a += pv;
-    }
+    divergence_term(static_cast<float>(z[v]) - lse, static_cast<float>(p[v]), kind, value, a, c);
   }
   o[0] = lse;
   o[1] = static_cast<float>(kind == 0 ? 0.5 * value : value);
@@ -131,19 +135,7 @@ void forward_rows(const Z* z, const P* p, int64_t sz, int64_t sp, int64_t N, int
       const float lse = m + static_cast<float>(std::log(s));
       double value = 0.0, a = 0.0, c = 0.0;
       for (int64_t v = 0; v < V; ++v) {
-        const float zv = static_cast<float>(zr[v]) - lse;
-        const float pv = static_cast<float>(pr[v]);
-        if (kind == 0) {
-          const float q = std::exp(zv);  // the same float formula as the backward pass: same r
-          value += std::fabs(static_cast<double>(pv) - q);
-          if (pv > q) {
-            a += q;
-            c += 1.0;
-          }
-        } else {
-          if (pv > 0.f) value += static_cast<double>(pv) * (std::log(static_cast<double>(pv)) - zv);
-          a += pv;
-        }
+        divergence_term(static_cast<float>(zr[v]) - lse, static_cast<float>(pr[v]), kind, value, a, c);
       }
       float* o = st + r * 4;
       o[0] = lse;

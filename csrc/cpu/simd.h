@@ -277,6 +277,28 @@ SPECDEC_AVX2 inline __m256 not_prob8(__m256 x) {
   return _mm256_xor_ps(ok, _mm256_castsi256_ps(_mm256_set1_epi32(-1)));
 }
 
+// The maximum of row[0..V) (NaN ignored, as std::max(m, x) ignores it) and whether a NaN occurs:
+// the first pass of the softmax-type kernels, which streams the row from memory anyway.
+template <typename T>
+SPECDEC_AVX2 float max_and_nan_avx2(const T* row, int64_t V, bool* nan) {
+  const int64_t V16 = V & ~int64_t(15);
+  __m256 mv = _mm256_set1_ps(-INFINITY), un = _mm256_setzero_ps();
+  for (int64_t v = 0; v < V16; v += 16) {
+    const __m256 x0 = load8(row + v), x1 = load8(row + v + 8);
+    mv = _mm256_max_ps(_mm256_max_ps(x0, x1), mv);  // max_ps(x, m) returns m when x is NaN
+    un = _mm256_or_ps(un, _mm256_cmp_ps(x0, x1, _CMP_UNORD_Q));  // either lane NaN
+  }
+  float mx = hmax8(mv);
+  bool found = _mm256_movemask_ps(un) != 0;
+  for (int64_t v = V16; v < V; ++v) {
+    const float x = static_cast<float>(row[v]);
+    mx = std::max(mx, x);
+    found |= x != x;
+  }
+  *nan = found;
+  return mx;
+}
+
 template <typename T>
 SPECDEC_AVX2 int64_t argmax_row_avx2(const T* row, int64_t V, bool* nan) {
   const int64_t V8 = V & ~int64_t(7);

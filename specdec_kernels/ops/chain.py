@@ -174,7 +174,8 @@ def verify_chain(
         >>> out.tokens.shape, out.num_accepted.shape
         (torch.Size([2, 4]), torch.Size([2]))
     """
-    backend = _backend.select("verify_chain", require_tensor(target_probs, "target_probs").device)
+    dev = require_tensor(target_probs, "target_probs").device
+    backend = _backend.select("verify_chain", dev)
     # The cpu kernel checks the values it reads itself, in its own pass (csrc/common/checks.cpp).
     B, K, V, nd = _check_verify_chain(draft_tokens, target_probs, draft_probs, num_draft,
                                       check and backend != "cpu")
@@ -189,8 +190,8 @@ def verify_chain(
         from ..triton.chain import verify_chain as tri
 
         return ChainResult(*tri(draft_tokens, target_probs, draft_probs, nd, seeds, offsets, row_streams))
-    return ChainResult(*torch.ops.specdec.verify_chain(draft_tokens, target_probs, draft_probs, nd,
-                                                       seeds, offsets, row_streams, check and backend == "cpu"))
+    return ChainResult(*torch.ops.specdec.verify_chain(draft_tokens, target_probs, draft_probs, nd, seeds,
+                                                       offsets, row_streams, check and backend == "cpu"))
 
 
 def verify_chain_greedy(
@@ -221,8 +222,10 @@ def verify_chain_greedy(
         >>> sk.verify_chain_greedy(torch.tensor([[1, 2]]), logits)
         ChainResult(tokens=tensor([[1, 0, -1]]), num_accepted=tensor([1]))
     """
-    backend = _backend.select("verify_chain_greedy", require_tensor(target_logits, "target_logits").device)
-    B, K, V, nd = _check_verify_chain_greedy(draft_tokens, target_logits, num_draft, check and backend != "cpu")
+    dev = require_tensor(target_logits, "target_logits").device
+    backend = _backend.select("verify_chain_greedy", dev)
+    B, K, V, nd = _check_verify_chain_greedy(draft_tokens, target_logits, num_draft,
+                                             check and backend != "cpu")
     if backend == "reference":
         from ..reference.chain import verify_chain_greedy as ref
 

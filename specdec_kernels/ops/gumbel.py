@@ -255,7 +255,8 @@ def stochastic_beam_step(
         (torch.Size([2, 3]), True)
     """
     dev = require_tensor(logits, "logits").device
-    backend = _route_large_k(_backend.select("stochastic_beam_step", dev), width if isinstance(width, int) else 0)
+    backend = _route_large_k(_backend.select("stochastic_beam_step", dev),
+                             width if isinstance(width, int) else 0)
     B, W, V, temp, phi, G, mask = _check_beam_step(logits, beam_log_probs, beam_scores, width, temperature,
                                                    beam_mask, check and backend != "cpu")
     seeds, offsets, row_streams = rng_rows(seed, offset, B, logits.device, generator)
