@@ -247,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"compiled extension: {'loaded' if loaded else 'NOT loaded'}, "
           f"CUDA kernels: {'yes' if with_cuda else 'no'} ({msg})")
     print(f"triton: {triton_state}")
+    if loaded:
+        names = _backend.CPU_SIMD_LEVELS
+        best = names[_backend.cpu_simd_level(supported=True)]
+        print(f"cpu kernels: {names[_backend.cpu_simd_level()]} (best on this CPU: {best}; "
+              f"SPECDEC_CPU_SIMD=0|1|2 caps it), {torch.get_num_threads()} torch threads")
     try:
         forced = _backend.forced()
     except ValueError as e:  # a bad SPECDEC_BACKEND value
