@@ -104,9 +104,10 @@ COLUMNS = [
     "repeats", "load1", "env",
 ]
 # Environment that changes these numbers, recorded with them: THP_MEM_ALLOC_ENABLE=1 makes torch's
-# CPU allocator ask for huge pages, which cuts the first-touch cost of large new outputs ~5x here.
+# CPU allocator ask for huge pages, which cuts the first-touch cost of large new outputs ~5x here;
+# SPECDEC_CPU_SIMD=0 runs the scalar kernels (the code before the vector paths).
 ENV_VARS = ("THP_MEM_ALLOC_ENABLE", "OMP_NUM_THREADS", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
-            "SPECDEC_BACKEND", "LD_PRELOAD")
+            "SPECDEC_BACKEND", "SPECDEC_CPU_SIMD", "LD_PRELOAD")
 
 
 # ----------------------------------------------------------------------------------------------
