@@ -166,18 +166,19 @@ SPECDEC_AVX2 void filter_row_avx2(const T* in, float* out, int64_t V, float temp
   }
   const __m256 mm = _mm256_set1_ps(mx), kv = _mm256_set1_ps(kth);
   __m256d acc = _mm256_setzero_pd();
-  const int64_t V32 = V & ~int64_t(31);
-  for (int64_t v = 0; v < V32; v += 32) {
+  // 128 elements per step: float partial sums (16 terms a lane), then double accumulators.
+  const int64_t V128 = V & ~int64_t(127), V32 = V & ~int64_t(31);
+  auto exp_block = [&](int64_t v, int64_t n, bool levels) SPECDEC_AVX2 {
     __m256 es = _mm256_setzero_ps();
     __m256 ls[kLevels] = {es, es, es, es};
-    for (int j = 0; j < 4; ++j) {
-      const __m256 x = _mm256_loadu_ps(out + v + 8 * j);
+    for (int64_t j = 0; j < n; j += 8) {
+      const __m256 x = _mm256_loadu_ps(out + v + j);
       const __m256 e = _mm256_and_ps(exp8(_mm256_sub_ps(x, mm)), _mm256_cmp_ps(x, kv, _CMP_GE_OQ));
-      _mm256_storeu_ps(out + v + 8 * j, e);
+      _mm256_storeu_ps(out + v + j, e);
       es = _mm256_add_ps(es, e);
-      if (nucleus) {
-        // e >= 2^-4(i+1) read off the exponent field with integer compares, which run beside the
-        // floating-point pipes the exponentials keep busy.
+      if (levels) {
+        // e >= 2^-4(i+1) read off the exponent field with integer compares, which run beside
+        // the floating-point pipes the exponentials keep busy.
         const __m256i ex = _mm256_srli_epi32(_mm256_castps_si256(e), 23);
         for (int i = 0; i < kLevels; ++i) {
           const __m256i ge = _mm256_cmpgt_epi32(ex, _mm256_set1_epi32(126 - 4 * (i + 1)));
@@ -186,9 +187,17 @@ SPECDEC_AVX2 void filter_row_avx2(const T* in, float* out, int64_t V, float temp
       }
     }
     acc = add_to_double(acc, es);
-    if (nucleus) {
+    if (levels) {
       for (int i = 0; i < kLevels; ++i) lv_acc[i] = add_to_double(lv_acc[i], ls[i]);
     }
+  };
+  int64_t v = 0;
+  if (nucleus) {
+    for (; v < V128; v += 128) exp_block(v, 128, true);
+    for (; v < V32; v += 32) exp_block(v, 32, true);
+  } else {
+    for (; v < V128; v += 128) exp_block(v, 128, false);
+    for (; v < V32; v += 32) exp_block(v, 32, false);
   }
   double sum = hsum4d(acc);
   double level_mass[kLevels];
