@@ -624,10 +624,7 @@ def _tally(rows: list[dict[str, str]]) -> str:
 
 def markdown(csv_path: str) -> str:
     """The summary tables of a cpu-speed CSV, one per goal (ratios; ✗ marks a missed target)."""
-    with open(csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        raise SystemExit(f"{csv_path}: no rows")
+    rows = record.read_rows(csv_path)
     m = rows[0]
     copies = [r for r in rows if r["goal"] == "copy" and not r["variant"].endswith(",clone")]
     clones = [r for r in rows if r["goal"] == "copy" and r["variant"].endswith(",clone")]

@@ -195,12 +195,18 @@ def _num(s: str, nd: int) -> str:
     return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.{nd}f}"
 
 
-def markdown(csv_path: str) -> str:
-    """A compact markdown table of a results CSV (columns that are constant go in the caption)."""
+def read_rows(csv_path: str) -> list[dict[str, str]]:
+    """The rows of a results CSV; exits with a message when it has none."""
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows:
         raise SystemExit(f"{csv_path}: no rows")
+    return rows
+
+
+def markdown(csv_path: str) -> str:
+    """A compact markdown table of a results CSV (columns that are constant go in the caption)."""
+    rows = read_rows(csv_path)
     first = rows[0]
     devices = sorted({r["device"] for r in rows})
     dtypes = sorted({r["dtype"] for r in rows if r["op"] != "copy"})
