@@ -12,6 +12,7 @@
 #include "../common/checks.h"
 #include "../common/philox.h"
 #include "../common/sampling_math.h"
+#include "parallel.h"
 #include "race.h"
 
 namespace specdec {
@@ -52,48 +53,46 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_cpu(const at::Tensor& draft_toke
     const scalar_t* Q = draft_probs.has_value() ? draft_probs->data_ptr<scalar_t>() : nullptr;
     const int64_t pB = target_probs.stride(0), pK = target_probs.stride(1);
     const int64_t qB = Q ? draft_probs->stride(0) : 0, qK = Q ? draft_probs->stride(1) : 0;
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t n = nd ? std::clamp<int64_t>(nd[b * nd_stride], 0, K) : K;
-        const int64_t stream = row_streams ? b : 0;
-        const DrawKey accept_key = make_draw_key(seeds[b * seed.stride(0)],
-                                                 offs[b * offset.stride(0)], 0, stream);
-        bool bad_p = false, bad_q = false;
-        bool* fp = check ? &bad_p : nullptr;
-        bool* fq = check && Q ? &bad_q : nullptr;
-        int64_t a = 0;
-        for (; a < n; ++a) {
-          const int64_t x = dt[b][a];
-          if (x < 0 || x >= V) break;  // unchecked out-of-range draft: reject, never read it
-          const float p = static_cast<float>(P[b * pB + a * pK + x]);
-          const float q = Q ? static_cast<float>(Q[b * qB + a * qK + x]) : 1.f;
-          if (check) {
-            bad_p |= !prob_ok(p, kFiniteMax);
-            bad_q |= !prob_ok(q, kFiniteMax);
-          }
-          if (!accept_draft(draw_uniform(accept_key, static_cast<uint32_t>(a)), p, q)) break;
-          out[b][a] = x;
+    parallel_requests(B, [&](int64_t b) {
+      const int64_t n = nd ? std::clamp<int64_t>(nd[b * nd_stride], 0, K) : K;
+      const int64_t stream = row_streams ? b : 0;
+      const DrawKey accept_key = make_draw_key(seeds[b * seed.stride(0)],
+                                               offs[b * offset.stride(0)], 0, stream);
+      bool bad_p = false, bad_q = false;
+      bool* fp = check ? &bad_p : nullptr;
+      bool* fq = check && Q ? &bad_q : nullptr;
+      int64_t a = 0;
+      for (; a < n; ++a) {
+        const int64_t x = dt[b][a];
+        if (x < 0 || x >= V) break;  // unchecked out-of-range draft: reject, never read it
+        const float p = static_cast<float>(P[b * pB + a * pK + x]);
+        const float q = Q ? static_cast<float>(Q[b * qB + a * qK + x]) : 1.f;
+        if (check) {
+          bad_p |= !prob_ok(p, kFiniteMax);
+          bad_q |= !prob_ok(q, kFiniteMax);
         }
-        const DrawKey sample_key = make_draw_key(seeds[b * seed.stride(0)],
-                                                 offs[b * offset.stride(0)], 1, stream);
-        const scalar_t* prow = P + b * pB + a * pK;
-        int64_t y;
-        if (a == n) {
-          y = race_row(RowP<scalar_t>{prow, fp}, V, sample_key);
-        } else {
-          if (Q) {
-            y = race_row(RowResidual<scalar_t>{prow, Q + b * qB + a * qK, fp, fq}, V, sample_key);
-          } else {
-            y = race_row(RowWithout<scalar_t>{prow, dt[b][a], fp}, V, sample_key);
-          }
-          // Residual of zero mass (p == q on the support, or p one-hot at the rejected draft):
-          // a measure-zero event for valid inputs; fall back to p itself.
-          if (y < 0) y = race_row(RowP<scalar_t>{prow}, V, sample_key);
-        }
-        out[b][a] = y < 0 ? 0 : y;
-        nacc[b] = a;
-        if (check) err[b] = bad_p ? kTargetBad : y < 0 ? kTargetZeroMass : bad_q ? kDraftBad : kChainOk;
+        if (!accept_draft(draw_uniform(accept_key, static_cast<uint32_t>(a)), p, q)) break;
+        out[b][a] = x;
       }
+      const DrawKey sample_key = make_draw_key(seeds[b * seed.stride(0)],
+                                               offs[b * offset.stride(0)], 1, stream);
+      const scalar_t* prow = P + b * pB + a * pK;
+      int64_t y;
+      if (a == n) {
+        y = race_row(RowP<scalar_t>{prow, fp}, V, sample_key);
+      } else {
+        if (Q) {
+          y = race_row(RowResidual<scalar_t>{prow, Q + b * qB + a * qK, fp, fq}, V, sample_key);
+        } else {
+          y = race_row(RowWithout<scalar_t>{prow, dt[b][a], fp}, V, sample_key);
+        }
+        // Residual of zero mass (p == q on the support, or p one-hot at the rejected draft):
+        // a measure-zero event for valid inputs; fall back to p itself.
+        if (y < 0) y = race_row(RowP<scalar_t>{prow}, V, sample_key);
+      }
+      out[b][a] = y < 0 ? 0 : y;
+      nacc[b] = a;
+      if (check) err[b] = bad_p ? kTargetBad : y < 0 ? kTargetZeroMass : bad_q ? kDraftBad : kChainOk;
     });
   });
   if (check) raise_chain_value_error(err.data(), B);
@@ -121,24 +120,22 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_greedy_cpu(
                                   "verify_chain_greedy_cpu", [&] {
     const scalar_t* L = logits.data_ptr<scalar_t>();
     const int64_t sB = logits.stride(0), sK = logits.stride(1);
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t n = nd ? std::clamp<int64_t>(nd[b * nd_stride], 0, K) : K;
-        int64_t a = 0;
-        for (;; ++a) {
-          // Argmax with ties to the smallest index; NaN never wins (and is reported by check=True
-          // in the rows the argmax reads).
-          bool nan = false;
-          const int64_t arg = argmax_row(L + b * sB + a * sK, V, check ? &nan : nullptr);
-          if (nan) err[b] = kLogitsNaN;
-          if (a == n || dt[b][a] != arg) {
-            out[b][a] = arg;
-            break;
-          }
+    parallel_requests(B, [&](int64_t b) {
+      const int64_t n = nd ? std::clamp<int64_t>(nd[b * nd_stride], 0, K) : K;
+      int64_t a = 0;
+      for (;; ++a) {
+        // Argmax with ties to the smallest index; NaN never wins (and is reported by check=True
+        // in the rows the argmax reads).
+        bool nan = false;
+        const int64_t arg = argmax_row(L + b * sB + a * sK, V, check ? &nan : nullptr);
+        if (nan) err[b] = kLogitsNaN;
+        if (a == n || dt[b][a] != arg) {
           out[b][a] = arg;
+          break;
         }
-        nacc[b] = a;
+        out[b][a] = arg;
       }
+      nacc[b] = a;
     });
   });
   if (check) raise_chain_value_error(err.data(), B);

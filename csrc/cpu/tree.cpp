@@ -16,6 +16,7 @@
 #include "../common/philox.h"
 #include "../common/sampling_math.h"
 #include "../common/tree_math.h"
+#include "parallel.h"
 #include "race.h"
 
 namespace specdec {
@@ -186,100 +187,98 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cpu(
     const scalar_t* Q = stochastic ? draft_probs->data_ptr<scalar_t>() : nullptr;
     const int64_t pB = target_probs.stride(0), pN = target_probs.stride(1);
     const int64_t qB = Q ? draft_probs->stride(0) : 0, qN = Q ? draft_probs->stride(1) : 0;
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      std::vector<int64_t> removed;
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t n_valid = valid_count(nn, nn_stride, b, N);
-        const int64_t stream = row_streams ? b : 0;
-        const int64_t sd = seeds[b * seed.stride(0)], of = offs[b * offset.stride(0)];
-        const DrawKey accept_key = make_draw_key(sd, of, 0, stream);
-        const DrawKey sample_key = make_draw_key(sd, of, 1, stream);
-        const int64_t* prow_par = &par[b][0];
-        const int64_t par_stride = parents.stride(1);
-        int64_t node = 0, a = 0, y = -1;
-        while (true) {
-          const scalar_t* p = P + b * pB + node * pN;
-          const scalar_t* q = Q ? Q + b * qB + node * qN : nullptr;
-          bool bad_p = false, bad_q = false;
-          bool* fp = check ? &bad_p : nullptr;
-          bool* fq = check && q ? &bad_q : nullptr;
-          // check=True: the first bad row read on the walk, or a row of zero mass, is reported.
-          auto note = [&](bool zero) {
-            if (!check || err[b].code != kChainOk) return;
-            const int8_t code = bad_p ? kTargetBad : zero ? kTargetZeroMass : bad_q ? kDraftBad : kChainOk;
-            if (code != kChainOk) err[b] = {code, node};
-          };
-          int64_t child = next_child(prow_par, par_stride, node, node, n_valid);
-          if (child < 0) {  // leaf: bonus token from p
-            y = race_row(RowP<scalar_t>{p, fp, 1.f}, V, sample_key);
-            note(y < 0);
-            break;
-          }
-          float scale = 0.f;
-          double mass = 1.0, q_sum = 0.0;
-          bool fresh = true;
-          removed.clear();
-          auto residual = [&](int64_t v) -> float {
-            return TreeResidual<scalar_t>{p, q, scale, nullptr, fp, fq}.at(v);
-          };
-          int64_t chosen = -1;
-          for (; child >= 0; child = next_child(prow_par, par_stride, node, child, n_valid)) {
-            const int64_t x = tok[b][child];
-            if (x < 0 || x >= V || (exclude && contains(removed, x))) continue;
-            if (!fresh) {
-              // Exact mass of the residual: the integer sums of its fixed-point words, minus the
-              // words of the excluded tokens (same words, so the difference is exact too).
-              int64_t hi = 0, lo = 0;
-              residual_words(TreeResidual<scalar_t>{p, q, scale, nullptr, fp, fq}, V, hi, lo);
-              for (const int64_t s : removed) {
-                int64_t shi = 0, slo = 0;
-                fixed_point_add(residual(s), shi, slo);
-                hi -= shi;
-                lo -= slo;
-              }
-              mass = fixed_point_value(hi, lo);
-              fresh = true;
-            }
-            const float r_x = residual(x);  // x is not excluded here
-            const float u = draw_uniform(accept_key, static_cast<uint32_t>(child - 1));
-            const bool ok = q ? tree_accept(u, static_cast<float>(q[x]), r_x, mass,
-                                            replacement ? 1.0 : 1.0 - q_sum)
-                              : tree_accept_onehot(u, r_x, mass);
-            if (ok) {
-              chosen = child;
-              break;
-            }
-            if (!q) {
-              removed.push_back(x);
-              mass -= static_cast<double>(r_x);
-            } else if (replacement) {
-              scale = tree_next_scale(scale, mass, 1.0);
-              fresh = false;
-            } else {
-              scale = tree_next_scale(scale, mass, 1.0 - q_sum);
-              q_sum += static_cast<double>(static_cast<float>(q[x]));
-              removed.push_back(x);
-              fresh = false;
-            }
-          }
-          if (chosen >= 0) {
-            note(false);
-            o_tok[b][a] = tok[b][chosen];
-            o_nodes[b][a] = chosen;
-            ++a;
-            node = chosen;
-            continue;
-          }
-          y = race_row(TreeResidual<scalar_t>{p, q, scale, removed.empty() ? nullptr : &removed, fp, fq}, V,
-                       sample_key);
-          // Residual of zero mass: measure zero for valid inputs; fall back to p.
-          if (y < 0) y = race_row(RowP<scalar_t>{p}, V, sample_key);
+    parallel_requests(B, [&](int64_t b) {
+      static thread_local std::vector<int64_t> removed;
+      const int64_t n_valid = valid_count(nn, nn_stride, b, N);
+      const int64_t stream = row_streams ? b : 0;
+      const int64_t sd = seeds[b * seed.stride(0)], of = offs[b * offset.stride(0)];
+      const DrawKey accept_key = make_draw_key(sd, of, 0, stream);
+      const DrawKey sample_key = make_draw_key(sd, of, 1, stream);
+      const int64_t* prow_par = &par[b][0];
+      const int64_t par_stride = parents.stride(1);
+      int64_t node = 0, a = 0, y = -1;
+      while (true) {
+        const scalar_t* p = P + b * pB + node * pN;
+        const scalar_t* q = Q ? Q + b * qB + node * qN : nullptr;
+        bool bad_p = false, bad_q = false;
+        bool* fp = check ? &bad_p : nullptr;
+        bool* fq = check && q ? &bad_q : nullptr;
+        // check=True: the first bad row read on the walk, or a row of zero mass, is reported.
+        auto note = [&](bool zero) {
+          if (!check || err[b].code != kChainOk) return;
+          const int8_t code = bad_p ? kTargetBad : zero ? kTargetZeroMass : bad_q ? kDraftBad : kChainOk;
+          if (code != kChainOk) err[b] = {code, node};
+        };
+        int64_t child = next_child(prow_par, par_stride, node, node, n_valid);
+        if (child < 0) {  // leaf: bonus token from p
+          y = race_row(RowP<scalar_t>{p, fp, 1.f}, V, sample_key);
           note(y < 0);
           break;
         }
-        o_tok[b][a] = y < 0 ? 0 : y;
-        nacc[b] = a;
+        float scale = 0.f;
+        double mass = 1.0, q_sum = 0.0;
+        bool fresh = true;
+        removed.clear();
+        auto residual = [&](int64_t v) -> float {
+          return TreeResidual<scalar_t>{p, q, scale, nullptr, fp, fq}.at(v);
+        };
+        int64_t chosen = -1;
+        for (; child >= 0; child = next_child(prow_par, par_stride, node, child, n_valid)) {
+          const int64_t x = tok[b][child];
+          if (x < 0 || x >= V || (exclude && contains(removed, x))) continue;
+          if (!fresh) {
+            // Exact mass of the residual: the integer sums of its fixed-point words, minus the
+            // words of the excluded tokens (same words, so the difference is exact too).
+            int64_t hi = 0, lo = 0;
+            residual_words(TreeResidual<scalar_t>{p, q, scale, nullptr, fp, fq}, V, hi, lo);
+            for (const int64_t s : removed) {
+              int64_t shi = 0, slo = 0;
+              fixed_point_add(residual(s), shi, slo);
+              hi -= shi;
+              lo -= slo;
+            }
+            mass = fixed_point_value(hi, lo);
+            fresh = true;
+          }
+          const float r_x = residual(x);  // x is not excluded here
+          const float u = draw_uniform(accept_key, static_cast<uint32_t>(child - 1));
+          const bool ok = q ? tree_accept(u, static_cast<float>(q[x]), r_x, mass,
+                                          replacement ? 1.0 : 1.0 - q_sum)
+                            : tree_accept_onehot(u, r_x, mass);
+          if (ok) {
+            chosen = child;
+            break;
+          }
+          if (!q) {
+            removed.push_back(x);
+            mass -= static_cast<double>(r_x);
+          } else if (replacement) {
+            scale = tree_next_scale(scale, mass, 1.0);
+            fresh = false;
+          } else {
+            scale = tree_next_scale(scale, mass, 1.0 - q_sum);
+            q_sum += static_cast<double>(static_cast<float>(q[x]));
+            removed.push_back(x);
+            fresh = false;
+          }
+        }
+        if (chosen >= 0) {
+          note(false);
+          o_tok[b][a] = tok[b][chosen];
+          o_nodes[b][a] = chosen;
+          ++a;
+          node = chosen;
+          continue;
+        }
+        y = race_row(TreeResidual<scalar_t>{p, q, scale, removed.empty() ? nullptr : &removed, fp, fq}, V,
+                     sample_key);
+        // Residual of zero mass: measure zero for valid inputs; fall back to p.
+        if (y < 0) y = race_row(RowP<scalar_t>{p}, V, sample_key);
+        note(y < 0);
+        break;
       }
+      o_tok[b][a] = y < 0 ? 0 : y;
+      nacc[b] = a;
     });
   });
   if (check) raise_tree_value_error(err.data(), B, "target_probs");
@@ -309,34 +308,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_greedy_cpu(
   SPECDEC_DISPATCH_PROBS(logits.scalar_type(), "verify_tree_greedy_cpu", [&] {
     const scalar_t* L = logits.data_ptr<scalar_t>();
     const int64_t sB = logits.stride(0), sN = logits.stride(1);
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t n_valid = valid_count(nn, nn_stride, b, N);
-        const int64_t* prow_par = &par[b][0];
-        int64_t node = 0, a = 0, best_tok = 0;
-        while (true) {
-          // Argmax with ties to the smallest index; NaN never wins (check=True reports it in the
-          // rows on the walk); an all -inf row gives 0.
-          bool nan = false;
-          best_tok = argmax_row(L + b * sB + node * sN, V, check ? &nan : nullptr);
-          if (nan && err[b].code == kChainOk) err[b] = {kLogitsNaN, node};
-          int64_t match = -1;
-          for (int64_t c = next_child(prow_par, parents.stride(1), node, node, n_valid); c >= 0;
-               c = next_child(prow_par, parents.stride(1), node, c, n_valid)) {
-            if (tok[b][c] == best_tok) {
-              match = c;
-              break;
-            }
+    parallel_requests(B, [&](int64_t b) {
+      const int64_t n_valid = valid_count(nn, nn_stride, b, N);
+      const int64_t* prow_par = &par[b][0];
+      int64_t node = 0, a = 0, best_tok = 0;
+      while (true) {
+        // Argmax with ties to the smallest index; NaN never wins (check=True reports it in the
+        // rows on the walk); an all -inf row gives 0.
+        bool nan = false;
+        best_tok = argmax_row(L + b * sB + node * sN, V, check ? &nan : nullptr);
+        if (nan && err[b].code == kChainOk) err[b] = {kLogitsNaN, node};
+        int64_t match = -1;
+        for (int64_t c = next_child(prow_par, parents.stride(1), node, node, n_valid); c >= 0;
+             c = next_child(prow_par, parents.stride(1), node, c, n_valid)) {
+          if (tok[b][c] == best_tok) {
+            match = c;
+            break;
           }
-          if (match < 0) break;
-          o_tok[b][a] = best_tok;
-          o_nodes[b][a] = match;
-          ++a;
-          node = match;
         }
+        if (match < 0) break;
         o_tok[b][a] = best_tok;
-        nacc[b] = a;
+        o_nodes[b][a] = match;
+        ++a;
+        node = match;
       }
+      o_tok[b][a] = best_tok;
+      nacc[b] = a;
     });
   });
   if (check) raise_tree_value_error(err.data(), B, "target_logits");
