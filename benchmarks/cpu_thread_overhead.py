@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> str:
         "verify_chain_greedy B=8": lambda: sk.verify_chain_greedy(inp.x, inp.z, check=False),
         "verify_chain B=8": lambda: sk.verify_chain(inp.x, inp.p, inp.q, seed=inp.seed, offset=inp.offset,
                                                     check=False),
-        "empty verify_chain_greedy (K=0, V=8)": lambda: sk.verify_chain_greedy(inp.x[:, :0], empty_z, check=False),
+        "empty verify_chain_greedy (K=0, V=8)": lambda: sk.verify_chain_greedy(inp.x[:, :0], empty_z,
+                                                                               check=False),
     }
     old = torch.get_num_threads()
     lines = [f"# {bench.device_name('cpu')}, torch {torch.__version__}, commit {record.git_commit()}, "
