@@ -59,3 +59,21 @@ def test_quick_run_writes_a_complete_csv(tmp_path, capsys) -> None:
     assert cs.markdown(str(out)) == printed
     for goal in ("Goal 1", "Goal 2", "Goal 3", "Goal 4"):
         assert goal in printed
+
+
+def test_thread_overhead_report(tmp_path) -> None:
+    """benchmarks/cpu_thread_overhead.py runs and reports the three calls with a speed-up each."""
+    if "cpu" not in sk.backends("cpu"):
+        pytest.skip("needs the compiled cpu backend")
+    spec = importlib.util.spec_from_file_location("specdec_bench_thread_overhead",
+                                                  os.path.join(HERE, "cpu_thread_overhead.py"))
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "report.txt"
+    report = mod.main(["--out", str(out)])
+    lines = out.read_text().strip().splitlines()
+    assert lines == report.splitlines() and len(lines) == 4
+    for line in lines[1:]:
+        speedup = float(line.rsplit("speed-up ", 1)[1])
+        assert math.isfinite(speedup) and speedup > 0
