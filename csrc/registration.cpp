@@ -8,8 +8,9 @@ TORCH_LIBRARY(specdec, m) {
   // check: the CPU kernels validate the values they read and raise ValueError with the messages of
   // the Python checks (which the wrappers then skip); the CUDA kernels ignore it (the wrappers
   // check before calling them).
-  // The CPU kernels' vector paths (csrc/cpu/simd.h): level 0 = scalar, 1 = AVX2. A level < 0 only
-  // reports; otherwise the level is set (capped at what the CPU supports). Returns the level before.
+  // The CPU kernels' vector paths (csrc/cpu/simd.h): level 0 = scalar, 1 = AVX2, 2 = AVX2 with
+  // AVX-512 Philox. -1 reports the current level, -2 the best the CPU supports; another level is
+  // set (capped at what the CPU supports) and the level before is returned.
   m.def("cpu_simd(int level=-1) -> int");
   // Chain speculative sampling (ALGORITHMS.md §1). seed/offset: int64 [B]; row_streams: when true
   // row b uses Philox stream b (one int seed for the batch), else stream 0 (a seed per request).

@@ -176,12 +176,7 @@ def cpu_simd_level(*, supported: bool = False) -> int:
     float32 rounding."""
     if not cpp_status()[0]:
         return -1
-    ops = torch.ops.specdec
-    if not supported:
-        return int(ops.cpu_simd(-1))
-    old = int(ops.cpu_simd(2))
-    best = int(ops.cpu_simd(old))
-    return best
+    return int(torch.ops.specdec.cpu_simd(-2 if supported else -1))
 
 
 @contextlib.contextmanager

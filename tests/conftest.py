@@ -57,9 +57,6 @@ class Backend(NamedTuple):
 # The cpu backend's C++ kernels pick AVX-512, AVX2 or scalar code at run time (csrc/cpu/simd.h);
 # every test of the cpu backend also runs with the lower levels this CPU has, so each code path is
 # checked against the reference, not only the one this machine would pick.
-_SIMD_NAMES = {0: "scalar", 1: "avx2", 2: "avx512"}
-
-
 def _simd_levels() -> list[int]:
     if "cpu" not in sk.backends("cpu"):
         return []
@@ -79,7 +76,8 @@ def _params(devices, exclude=()):
             params.append(pytest.param((name, dev, None), id=f"{dev}-{name}", marks=marks))
             if dev == "cpu" and name == "cpu":
                 for level in reversed(_simd_levels()):
-                    params.append(pytest.param((name, dev, level), id=f"{dev}-{name}@{_SIMD_NAMES[level]}"))
+                    level_name = sk._backend.CPU_SIMD_LEVELS[level]
+                    params.append(pytest.param((name, dev, level), id=f"{dev}-{name}@{level_name}"))
     return params
 
 

@@ -22,8 +22,8 @@ namespace {
 // monotone for t > 0, so max(x) / t is the maximum of the scaled row), with the NaN test, in the
 // pass that streams the row from memory; d = x / t - m is one fused multiply-add with 1 / t
 // (within an ulp of the division, inside the float32 tolerance of the result). exp8_le0 for the
-// exponentials; 32 elements per step summed in float (4 terms a lane), then added to double
-// accumulators, so no add chain limits the loop and 128K terms lose nothing.
+// exponentials; 128 elements per step summed in float in two chains (8 terms a lane each), then
+// added to double accumulators, so no add chain limits the loop and 128K terms lose nothing.
 template <typename T>
 SPECDEC_AVX2 double entropy_row_avx2(const T* row, int64_t V, float t) {
   const int64_t V32 = V & ~int64_t(31);

@@ -78,7 +78,7 @@ int64_t scan_row(const T* x, int64_t V, float temp, const DrawKey& key, uint64_t
 // scan_row eight lanes at a time, with the same candidates and keys (z = x / T + Gumbel, the
 // division correctly rounded in both paths, the Gumbel noise from the scalar logs), so the same
 // tokens. Two passes: the maximum of the raw row (x / T is monotone for T > 0), then 128 elements of
-// the Philox stream per step: their exponentials for the log-sum-exp (exp8, summed in double) and,
+// the Philox stream per step: their exponentials for the log-sum-exp (exp8_le0, summed in double) and,
 // unless no element can enter the full top-k list even with the largest Gumbel value, their
 // uniforms. A cheap exact bound then spares the two logs of almost every element:
 // -log(u) >= 1 - u, so g = -log(-log(u)) <= -log(1 - u) <= -e ln 2, where 2^e <= 1 - u (the

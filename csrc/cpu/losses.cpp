@@ -39,10 +39,8 @@ inline void divergence_term(float zv, float pv, int64_t kind, double& value, dou
 template <typename Z, typename P>
 SPECDEC_AVX2 void forward_row_avx2(const Z* z, const P* p, int64_t V, int64_t kind, float* o) {
   const int64_t V32 = V & ~int64_t(31);
-  __m256 mv = _mm256_set1_ps(-INFINITY);
-  for (int64_t v = 0; v < V32; v += 8) mv = _mm256_max_ps(load8(z + v), mv);
-  float m = hmax8(mv);
-  for (int64_t v = V32; v < V; ++v) m = std::max(m, static_cast<float>(z[v]));
+  bool nan_unused;  // a NaN logit makes the sum NaN by itself
+  const float m = max_and_nan_avx2(z, V, &nan_unused);
   const __m256 mm = _mm256_set1_ps(m);
   __m256d sd = _mm256_setzero_pd();
   for (int64_t v = 0; v < V32; v += 32) {

@@ -40,8 +40,10 @@ std::atomic<int>& level_ref() {
   return level;
 }
 
-// level < 0: report only. Otherwise set min(level, supported). Returns the level before the call.
+// level -1: report the current level; -2: report the best the CPU supports. Otherwise set
+// min(level, supported) and return the level before the call.
 int64_t cpu_simd(int64_t level) {
+  if (level == -2) return best_supported();
   const int before = level_ref().load();
   if (level >= 0) {
     const int64_t capped = std::min<int64_t>(level, best_supported());

@@ -1,18 +1,21 @@
-// AVX2 building blocks of the CPU kernels, selected at run time.
+// Vector building blocks of the CPU kernels, selected at run time.
 //
 // Why: a row of V = 32000 float32 is 125 KiB, which one core streams in about 3 us; the scalar
 // kernels spent 6 ns per element on a Philox block, two logs and scalar exps, i.e. 60x that. The
 // pieces here do the same arithmetic eight lanes at a time:
-//   - philox8x2: sixteen Philox4x32-10 blocks per call, bit-identical to philox.h (integer arithmetic).
-//   - race_avx2 (race.h): the exponential race over 64 elements at a time, with an exact pruning test that leaves the
-//     log (and so the bits of every key) to the scalar race_key of sampling_math.h.
-//   - exp8: float exp for softmax-type sums (Cephes polynomial, <= 2 ulp); used only where the
-//     result is compared with a tolerance (probabilities, entropies, log-sum-exps), never where a
-//     draw depends on it.
-// Every function is compiled for AVX2 + FMA + F16C with a target attribute, so the library still
-// loads on any x86-64: callers check simd_enabled() (the CPU's cpuid, and the switch
-// torch.ops.specdec.cpu_simd that tests use to run the scalar path too) and fall back to the
-// scalar code otherwise. Non-x86 builds compile only the scalar paths.
+//   - uniforms128: the Philox uniforms of 128 elements per call (four AVX2 chains of 8 blocks, or
+//     two AVX-512 chains of 16 at level 2), bit-identical to philox.h (integer arithmetic); the
+//     race (race.h) and the Gumbel scan (gumbel.cpp) use them with exact pruning tests that leave
+//     the logs, and so the bits of every key, to the scalar formulas of sampling_math.h.
+//   - exp8 (about 1 ulp) for values that are outputs, exp8_le0 (1.9e-7, half the multiplies) for
+//     the terms of sums, log8; used only where the result is compared with a tolerance, never
+//     where a draw depends on it.
+//   - loads/stores of every accepted dtype, maxima, argmax, left-packing.
+// Every function is compiled for AVX2 + FMA + F16C (AVX-512F for the level-2 Philox) with a target
+// attribute, so the library still loads on any x86-64: callers check simd_enabled() /
+// simd_level() (the CPU's cpuid, capped by SPECDEC_CPU_SIMD and the torch.ops.specdec.cpu_simd
+// switch that tests use to run the lower paths too) and fall back to the scalar code otherwise.
+// Non-x86 builds compile only the scalar paths.
 #pragma once
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -35,8 +38,8 @@
 
 namespace specdec {
 
-// 0 = scalar code only, 1 = AVX2. Starts at the best the CPU supports, capped by the environment
-// variable SPECDEC_CPU_SIMD (0 or 1) when set.
+// 0 = scalar code only, 1 = AVX2, 2 = AVX2 with AVX-512 Philox. Starts at the best the CPU
+// supports, capped by the environment variable SPECDEC_CPU_SIMD (0, 1 or 2) when set.
 int simd_level();
 inline bool simd_enabled() { return simd_level() >= 1; }
 
@@ -270,13 +273,6 @@ SPECDEC_AVX2 inline double hsum4d(__m256d v) {
   return (d[0] + d[1]) + (d[2] + d[3]);
 }
 
-// Lanes that are not finite values >= 0 (NaN, +-inf, negative): the probability checks.
-SPECDEC_AVX2 inline __m256 not_prob8(__m256 x) {
-  const __m256 ok = _mm256_and_ps(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GE_OQ),
-                                  _mm256_cmp_ps(x, _mm256_set1_ps(INFINITY), _CMP_LT_OQ));
-  return _mm256_xor_ps(ok, _mm256_castsi256_ps(_mm256_set1_epi32(-1)));
-}
-
 // The maximum of row[0..V) (NaN ignored, as std::max(m, x) ignores it) and whether a NaN occurs:
 // the first pass of the softmax-type kernels, which streams the row from memory anyway.
 template <typename T>
@@ -302,20 +298,9 @@ SPECDEC_AVX2 float max_and_nan_avx2(const T* row, int64_t V, bool* nan) {
 template <typename T>
 SPECDEC_AVX2 int64_t argmax_row_avx2(const T* row, int64_t V, bool* nan) {
   const int64_t V8 = V & ~int64_t(7);
-  // max_ps(x, m) returns m when x is NaN: NaN never becomes the maximum.
-  __m256 m = _mm256_set1_ps(-INFINITY), un = _mm256_setzero_ps();
-  for (int64_t v = 0; v < V8; v += 8) {
-    const __m256 x = load8(row + v);
-    m = _mm256_max_ps(x, m);
-    if (nan) un = _mm256_or_ps(un, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
-  }
-  if (nan && _mm256_movemask_ps(un)) *nan = true;
-  float best = hmax8(m);
-  for (int64_t v = V8; v < V; ++v) {
-    const float x = static_cast<float>(row[v]);
-    best = std::max(best, x);
-    if (nan && x != x) *nan = true;
-  }
+  bool found = false;
+  const float best = max_and_nan_avx2(row, V, &found);  // NaN never becomes the maximum
+  if (nan && found) *nan = true;
   if (!(best > -INFINITY)) return 0;
   const __m256 bv = _mm256_set1_ps(best);
   for (int64_t v = 0; v < V8; v += 8) {

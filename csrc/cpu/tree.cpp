@@ -28,7 +28,7 @@ bool contains(const std::vector<int64_t>& s, int64_t x) {
 
 // The residual of one node after `scale` worth of rejections, fl32(max(0, p - scale q)) (p itself
 // for one-hot drafts), with the tokens of `removed` (rejected siblings drawn without replacement,
-// or rejected one-hot drafts) at zero when `drop_removed` is set.
+// or rejected one-hot drafts) at zero when it is given.
 template <typename T>
 struct TreeResidual {
   const T* p;
