@@ -188,3 +188,36 @@ def test_sampling_probs_levels(V, dtype, kw):
     ref = reference.sampling_probs(z, **kw)
     for o in outs:
         torch.testing.assert_close(o, ref.float(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("V", VOCABS)
+@pytest.mark.parametrize("loss", ["tvdpp_loss", "tvd_loss", "kl_loss"])
+def test_losses_levels(V, loss):
+    # V = 1000 and 4099 leave tails past the last 32-element step: forward and backward must switch
+    # to their scalar tails at the same element, or they disagree on 1[p > q] there.
+    g = torch.Generator().manual_seed(V + 7)
+    z = 2.0 * torch.randn(6, V, generator=g)
+    p = peaked_probs((6,), V, g, zero_frac=0.2)
+    grads, values = [], []
+    for level in LEVELS:
+        with sk.use_backend("cpu"), sk.use_cpu_simd(level):
+            zz = z.clone().requires_grad_(True)
+            value = getattr(sk, loss)(zz, p)
+            value.backward()
+        grads.append(zz.grad)
+        values.append(value.detach())
+    zr = z.clone().requires_grad_(True)
+    ref = getattr(reference, loss)(zr, p)
+    ref.backward()
+    for value, grad in zip(values, grads, strict=True):
+        torch.testing.assert_close(value, ref.detach().float(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grad, zr.grad.float(), rtol=1e-4, atol=1e-6)
+
+
+def test_use_cpu_simd_bad_level():
+    for bad in ("sse", 3, -1, True, 1.0):
+        with pytest.raises(ValueError, match="level must be"), sk.use_cpu_simd(bad):
+            pass
+    with sk.use_cpu_simd("scalar"):
+        assert sk.cpu_simd_level() == 0
+    assert sk.cpu_simd_level() == sk.cpu_simd_level(supported=True)

@@ -88,10 +88,12 @@ SPECDEC_AVX2 void forward_row_avx2(const Z* z, const P* p, int64_t V, int64_t ki
 template <typename Z, typename P>
 SPECDEC_AVX2 void backward_row_avx2(const Z* z, const P* p, int64_t V, int64_t kind, float lse, float a,
                                     float c, Z* g) {
-  const int64_t V8 = V & ~int64_t(7);
+  // The vector part ends where forward_row_avx2's does (a multiple of 32): the tail gets q from
+  // std::exp in both passes, so forward and backward agree on every indicator 1[p > q].
+  const int64_t V32 = V & ~int64_t(31);
   const __m256 lv = _mm256_set1_ps(lse), av = _mm256_set1_ps(a), cv = _mm256_set1_ps(c);
   const __m256 one = _mm256_set1_ps(1.f);
-  for (int64_t v = 0; v < V8; v += 8) {
+  for (int64_t v = 0; v < V32; v += 8) {
     const __m256 q = exp8(_mm256_sub_ps(load8(z + v), lv));
     const __m256 pv = load8(p + v);
     __m256 gv;
@@ -103,7 +105,7 @@ SPECDEC_AVX2 void backward_row_avx2(const Z* z, const P* p, int64_t V, int64_t k
     }
     store8(g + v, gv);
   }
-  for (int64_t v = V8; v < V; ++v) {
+  for (int64_t v = V32; v < V; ++v) {
     const float q = std::exp(static_cast<float>(z[v]) - lse);
     const float pv = static_cast<float>(p[v]);
     const float gv = kind == 0 ? -c * q * ((pv > q ? 1.f : 0.f) - a) : c * (q * a - pv);
