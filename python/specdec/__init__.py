@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from .decoder import METHODS, POLICIES, GenerationResult, GenerationStats, SpeculativeDecoder
 from .models import CompactLlavaDrafter, SequenceCache, load_drafter, load_target
+from .prompt_lookup import PromptLookup
 
 __version__ = "0.1.0"
 
@@ -24,6 +25,7 @@ __all__ = [
     "CompactLlavaDrafter",
     "GenerationResult",
     "GenerationStats",
+    "PromptLookup",
     "SequenceCache",
     "SpeculativeDecoder",
     "load_drafter",

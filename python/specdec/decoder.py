@@ -19,6 +19,7 @@ from specdec_kernels import policies as _policies
 from .drafting import Draft, Sampler, draft_chain, draft_tree
 from .hf_attention import language_model, use_tree_attention
 from .models import CompactLlavaDrafter, SequenceCache, count_parameters, image_token_id, is_multimodal
+from .prompt_lookup import NgramIndex, PromptLookup
 
 #: Methods: "ar" target alone (the baseline); "sd" chain; "specinfer" i.i.d. tree; "rsd_c" Gumbel-Top-k
 #: tree (constant branching); "rsd_s" Stochastic Beam Search tree (width x depth).
@@ -104,9 +105,11 @@ class SpeculativeDecoder:
     Args:
         target: ``LlavaForConditionalGeneration`` or any causal LM (see :func:`specdec.load_target`).
         drafter: a causal LM sharing the target's tokenizer (text-only: with a LLaVA target its prompt
-            is the target's without the image tokens, so it needs no vision tower), or a
-            :class:`~specdec.CompactLlavaDrafter`; None only for ``method="ar"``. Vocabulary sizes may
-            differ: tokens the drafter lacks get zero draft probability.
+            is the target's without the image tokens, so it needs no vision tower), a
+            :class:`~specdec.CompactLlavaDrafter`, or a :class:`~specdec.PromptLookup` (n-gram drafts
+            from the context, no model: a chain for "sd", a trie for the tree methods, verified as
+            deterministic drafts); None only for ``method="ar"``. Vocabulary sizes may differ:
+            tokens the drafter lacks get zero draft probability.
         method: one of :data:`METHODS`.
         gamma: chain length for "sd" (the policy's maximum).
         branching: tuple of children per level for "specinfer" / "rsd_c", e.g. (2, 2, 2).
@@ -185,14 +188,22 @@ class SpeculativeDecoder:
         self._policy_kwargs = dict(policy_kwargs)
         if method == "sd":
             self._make_policy()  # fail early on bad policy arguments
+        self._device = next(target.parameters()).device
         self.multimodal = is_multimodal(target)
         self.image_token_id = image_token_id(target)
         if isinstance(self.drafter, CompactLlavaDrafter) and not self.multimodal:
             raise ValueError(
                 "a CompactLlavaDrafter needs a LLaVA target (it reads the target's image features)"
             )
+        self.lookup = self.drafter if isinstance(self.drafter, PromptLookup) else None
+        if self.lookup is not None and policy != "static":
+            raise ValueError(
+                f"policy {policy!r} reads a drafter's laws; prompt lookup has none (use 'static')"
+            )
         self.param_ratio = (
-            (count_parameters(self.drafter) / count_parameters(target)) if self.drafter else 0.0
+            (count_parameters(self.drafter) / count_parameters(target))
+            if self.drafter is not None and self.lookup is None
+            else 0.0
         )
 
     def _make_policy(self):
@@ -338,7 +349,7 @@ class SpeculativeDecoder:
         vocab = None
         drafter = None
         tp = clock.now()
-        if self.drafter is not None:
+        if self.drafter is not None and self.lookup is None:
             # the target's vocabulary: its output layer, not config.vocab_size (may be padded)
             out_emb = self.target.get_output_embeddings()
             vocab = out_emb.out_features if out_emb is not None else None
@@ -347,10 +358,14 @@ class SpeculativeDecoder:
         t_loop = clock.now()
         stats.target_s += t_loop - tp
         t_pre, d_pre, prefill_calls = target.forward_s, drafter.forward_s if drafter else 0.0, target.calls
-        policy = self._make_policy() if self.method == "sd" else None
+        policy = self._make_policy() if self.method == "sd" and self.lookup is None else None
 
         out: list[int] = []
         depth_sum = 0
+        # prompt lookup's n-gram index over the text (image placeholders left out: they repeat)
+        index = None
+        if self.lookup is not None:
+            index = self.lookup.index([t for t in prompt if t != self.image_token_id])
         last = prompt[-1]
         while len(out) < max_new_tokens:
             remaining = max_new_tokens - len(out)
@@ -359,7 +374,7 @@ class SpeculativeDecoder:
                 accepted = 0
             else:
                 emitted, accepted, depth = self._spec_round(
-                    target, drafter, last, sampler, policy, stats, clock, remaining - 1
+                    target, drafter, last, sampler, policy, stats, clock, remaining - 1, index
                 )
                 depth_sum += depth
             stats.rounds += 1
@@ -371,6 +386,8 @@ class SpeculativeDecoder:
                 remaining = 0
             out += emitted
             last = out[-1]
+            if index is not None:
+                index.extend(emitted)
             if streamer is not None:
                 streamer(list(emitted))
             if remaining == 0 or (eos_token_id is not None and emitted[-1] == eos_token_id):
@@ -407,9 +424,7 @@ class SpeculativeDecoder:
         row = target.logits_through()[-1]
         t1 = clock.now()
         stats.target_s += t1 - t
-        tok = (
-            int(row.argmax()) if sampler.greedy else int(sampler.distinct(sampler.probs(row[None]), 1)[0, 0])
-        )
+        tok = int(row.argmax()) if sampler.greedy else int(sampler.draw(row[None], None, 1)[0, 0])
         stats.verify_s += clock.now() - t1
         target.pending = [tok]
         if drafter is not None:
@@ -426,11 +441,18 @@ class SpeculativeDecoder:
         stats: GenerationStats,
         clock: _Clock,
         budget: int,
+        index: NgramIndex | None = None,
     ) -> tuple[list[int], int, int]:
         """Draft (at most ``budget`` deep), verify in one target forward, keep the accepted path."""
         t = clock.now()
         chain = self.method == "sd"
-        if chain:
+        if self.lookup is not None:
+            draft = self._lookup_draft(index, last, budget)
+            if draft is None:  # nothing to copy: one plain target step
+                stats.draft_s += clock.now() - t
+                return self._ar_step(target, None, sampler, stats, clock), 0, 0
+            chain = bool((draft.parents[0, 1:] == torch.arange(draft.num_drafted)).all())
+        elif chain:
             draft: Draft = draft_chain(drafter, last, sampler, policy, min(self.gamma, budget))
         else:
             depth = min(self.depth, budget)
@@ -464,7 +486,7 @@ class SpeculativeDecoder:
                 res = sk.verify_chain(
                     d,
                     sampler.probs(logits)[None],
-                    draft.q[:, :K],
+                    None if draft.q is None else draft.q[:, :K],
                     seed=sampler.seed,
                     offset=sampler.take(sk.VERIFY_CHAIN_OFFSET_STRIDE),
                     check=False,
@@ -492,8 +514,27 @@ class SpeculativeDecoder:
         stats.verify_s += t3 - t2
 
         target.accept(root_t, K, nodes, toks[:n], toks[n], chain)
-        drafter.accept(draft.root, draft.forwarded, nodes, toks[:n], toks[n], chain)
+        if drafter is not None:
+            drafter.accept(draft.root, draft.forwarded, nodes, toks[:n], toks[n], chain)
         if policy is not None:
             policy.update(n, K)
         stats.cache_s += clock.now() - t3
         return toks, n, draft.depth
+
+    def _lookup_draft(self, index: NgramIndex, last: int, budget: int) -> Draft | None:
+        """Prompt lookup's draft for this round: a chain for "sd", a trie for the tree methods
+        (None when the context holds no match)."""
+        if self.method == "sd":
+            toks = self.lookup.chain(index, min(self.gamma, budget))
+            if not toks:
+                return None
+            tokens, parents, depth = [last, *toks], list(range(-1, len(toks))), len(toks)
+        else:
+            tokens, parents, depth = self.lookup.tree(
+                index, min(self.depth, budget), branching=self.branching, width=self.width
+            )
+            if len(tokens) == 1:
+                return None
+        t_tok = torch.tensor([tokens], dtype=torch.long, device=self._device)
+        t_par = torch.tensor([parents], dtype=torch.long, device=self._device)
+        return Draft(t_tok, t_par, None, -1, 0, depth)

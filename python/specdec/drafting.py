@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 import specdec_kernels as sk
+from specdec_kernels import policies as _policies
 
 from .models import SequenceCache
 
@@ -32,6 +33,13 @@ class Sampler:
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
+    @property
+    def plain(self) -> bool:
+        """Temperature only (no top-k / top-p): the draft law is softmax(logits / T), so the Gumbel
+        ops draw from the logits with their own temperature, and no log(q) pass over the vocabulary
+        is needed (one full pass per draft step saved; the law is the same up to float rounding)."""
+        return self.top_k == 0 and self.top_p == 1.0
+
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         return sk.sampling_probs(
             logits, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, check=False
@@ -49,14 +57,27 @@ class Sampler:
             torch.log(probs), k, seed=self.seed, offset=self.take(sk.GUMBEL_OFFSET_STRIDE), check=False
         ).tokens
 
+    def draw(self, logits: torch.Tensor, probs: torch.Tensor | None, k: int) -> torch.Tensor:
+        """k distinct tokens per row from the sampling law of ``logits`` [R, V], whose probabilities
+        ``probs`` (``self.probs(logits)``) are needed only with top-k / top-p (None otherwise)."""
+        if self.plain:
+            return sk.gumbel_topk(logits, k, temperature=self.temperature, seed=self.seed,
+                                  offset=self.take(sk.GUMBEL_OFFSET_STRIDE), check=False).tokens  # fmt: skip
+        return self.distinct(self.probs(logits) if probs is None else probs, k)
+
+    def log_law(self, logits: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """Logits of the sampling law (log q up to a constant per row)."""
+        return logits * (1.0 / self.temperature) if self.plain else torch.log(probs)
+
 
 @dataclass
 class Draft:
     """One round's draft, in the tree format of specdec_kernels (a chain is nodes 1..K, parent i-1).
 
-    tokens/parents: [1, N] (node 0 = root); q: [1, N, V] draft laws of internal nodes (None when
-    greedy); forwarded: nodes 1..forwarded have KV entries in the drafter's cache right after
-    ``root`` (its slot); depth: tree depth drafted."""
+    tokens/parents: [1, N] (node 0 = root); q: the draft laws (None when greedy): a tree's [1, N, V]
+    (rows of internal nodes; leaf rows unset), a chain's [1, K, V] (row i: the law of draft i + 1);
+    forwarded: nodes 1..forwarded have KV entries in the drafter's cache right after ``root`` (its
+    slot); depth: tree depth drafted."""
 
     tokens: torch.Tensor
     parents: torch.Tensor
@@ -75,18 +96,21 @@ def draft_chain(drafter: SequenceCache, root_token: int, sampler: Sampler, polic
     root = drafter.root_slot()
     row = drafter.logits_through()[-1]
     policy.begin_round(1, row.device)
+    static = isinstance(policy, _policies.StaticLength)
     toks: list[int] = []
     qs: list[torch.Tensor] = []
     forwarded = 0
     for i in range(max_len):
         q = None if sampler.greedy else sampler.probs(row[None])
-        # the policy judges the law actually drafted from (after temperature / top-k / top-p)
-        if bool(policy.should_stop(row[None] if q is None else torch.log(q))[0]):
+        # the policy judges the law actually drafted from (after temperature / top-k / top-p); a
+        # static length reads nothing
+        judged = row[None] if q is None or static else sampler.log_law(row[None], q)
+        if bool(policy.should_stop(judged)[0]):
             break
         if q is None:
             t = int(row.argmax())
         else:
-            t = int(sampler.distinct(q, 1)[0, 0])
+            t = int(sampler.draw(row[None], q, 1)[0, 0])
             qs.append(q[0])
         toks.append(t)
         if i + 1 < max_len:
@@ -96,11 +120,8 @@ def draft_chain(drafter: SequenceCache, root_token: int, sampler: Sampler, polic
     dev = row.device
     tokens = torch.tensor([[root_token] + toks], dtype=torch.long, device=dev)
     parents = torch.arange(-1, K, dtype=torch.long, device=dev)[None]
-    q = None
-    if not sampler.greedy:
-        q = torch.zeros(1, K + 1, row.shape[-1], device=dev)
-        if K:
-            q[0, :K] = torch.stack(qs)
+    # verify_chain reads the K draft rows only: no row for the last node
+    q = None if sampler.greedy or not K else torch.stack(qs)[None]
     return Draft(tokens, parents, q, root, forwarded, K)
 
 
@@ -142,19 +163,21 @@ def draft_tree(
         new_tok: list[int] = []
         new_par: list[int] = []
         if width is not None:
-            logq = torch.log_softmax(rows, -1) if q is None else torch.log(q)
             if q is None:  # greedy beam search: the W most likely continuations of the live beams
+                logq = torch.log_softmax(rows, -1)
                 flat = (phi[:, None] + logq).flatten()
                 k = min(width, int(torch.isfinite(flat).sum()))
                 best = torch.topk(flat, k)
                 beam, tok = best.indices // V, best.indices % V
                 phi = best.values
             else:
+                # the beam step normalises its rows itself (log_softmax(logits / T))
                 step = sk.stochastic_beam_step(
-                    logq[None],
+                    (rows if sampler.plain else torch.log(q))[None],
                     phi[None],
                     G[None],
                     width,
+                    temperature=sampler.temperature if sampler.plain else 1.0,
                     seed=sampler.seed,
                     offset=sampler.take(sk.GUMBEL_OFFSET_STRIDE),
                     check=False,
@@ -169,9 +192,9 @@ def draft_tree(
             if q is None:
                 kids = torch.topk(rows, min(b, V), -1).indices
             elif replacement:
-                kids = sampler.distinct(q.repeat_interleave(b, 0), 1).reshape(-1, b)
+                kids = sampler.draw(rows.repeat_interleave(b, 0), q.repeat_interleave(b, 0), 1).reshape(-1, b)
             else:
-                kids = sampler.distinct(q, min(b, V))
+                kids = sampler.draw(rows, q, min(b, V))
             for r, row_kids in enumerate(kids.tolist()):
                 for t in row_kids:
                     if t >= 0:
@@ -188,8 +211,10 @@ def draft_tree(
     t_par = torch.tensor([parents], dtype=torch.long, device=dev)
     qt = None
     if not sampler.greedy:
-        qt = torch.zeros(1, N, V, device=dev)
-        internal = torch.cat(qrows)[:start]  # rows of nodes 0..start-1 (leaves have none)
+        # rows of nodes 0..start-1; the leaves' rows are never read by verify_tree (left unset
+        # rather than zeroed: a memset of N x V floats per round for nothing)
+        qt = torch.empty(1, N, V, device=dev)
+        internal = torch.cat(qrows)[:start]
         qt[0, : internal.shape[0]] = internal
     # nodes of the last level were never forwarded through the drafter
     return Draft(t_tok, t_par, qt, root, start - 1, levels)

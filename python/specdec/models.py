@@ -17,6 +17,7 @@ from torch import nn
 
 import specdec_kernels as sk
 
+from . import named_models
 from .hf_attention import MASK_KWARG
 
 #: The file that marks a directory as a :class:`CompactLlavaDrafter`.
@@ -45,6 +46,19 @@ def image_token_id(model) -> int | None:
 def _projector(model):
     inner = getattr(model, "model", None)
     return getattr(inner, "multi_modal_projector", None) or getattr(model, "multi_modal_projector", None)
+
+
+def cache_kwarg(model: nn.Module) -> str:
+    """The forward's name for the KV cache: ``cache`` from transformers 5.2x on (``past_key_values``
+    still works there but warns on every call), ``past_key_values`` before."""
+    import inspect
+
+    inner = model.language_model if isinstance(model, CompactLlavaDrafter) else model
+    try:
+        params = inspect.signature(type(inner).forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - a forward without a signature
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -217,8 +231,10 @@ def _from_pretrained(loader, name_or_path: str, role: str, **kw):
 def load_target(
     name_or_path: str, *, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu"
 ) -> nn.Module:
-    """Load a target: a LLaVA checkpoint (``model_type == "llava"``) or any causal LM, in eval mode."""
+    """Load a target: a LLaVA checkpoint (``model_type == "llava"``), any causal LM, or a model known
+    by name (:data:`specdec.named_models.NAMED_MODELS`, e.g. ``"smollm2-135m"``), in eval mode."""
     tf = _transformers()
+    name_or_path = named_models.resolve(name_or_path)
     if not os.path.exists(name_or_path) and name_or_path.startswith((".", "/", "~")):
         raise FileNotFoundError(f"target {name_or_path!r}: no such file or directory")
     cfg = _from_pretrained(tf.AutoConfig, name_or_path, "target")
@@ -233,7 +249,9 @@ def load_target(
 def load_drafter(
     name_or_path: str, *, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu"
 ) -> nn.Module:
-    """Load a drafter: a :class:`CompactLlavaDrafter` directory or any causal LM, in eval mode."""
+    """Load a drafter: a :class:`CompactLlavaDrafter` directory, any causal LM, or a named model
+    (e.g. ``"smollm2-drafter"``), in eval mode."""
+    name_or_path = named_models.resolve(name_or_path)
     if os.path.isfile(os.path.join(name_or_path, COMPACT_DRAFTER_FILE)):
         return CompactLlavaDrafter.from_pretrained(name_or_path, dtype=_dtype(dtype)).to(device).eval()
     if not os.path.exists(name_or_path) and name_or_path.startswith((".", "/", "~")):
@@ -292,6 +310,12 @@ class SequenceCache:
         self.num_embeddings = emb.num_embeddings
         unk = getattr(model.config, "unk_token_id", None)
         self.unk_id = int(unk) if isinstance(unk, int) and 0 <= unk < self.num_embeddings else 0
+        # ids at or past the embedding table exist only when the token ids come from a larger
+        # vocabulary (a drafter's smaller table; a target whose output layer is wider than its
+        # input table): only then is every forward's max id read (a device sync on CUDA)
+        out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        widest = vocab_size or getattr(out, "out_features", None)
+        self._may_exceed = bool(self.num_embeddings) and (widest is None or widest > self.num_embeddings)
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.calls = 0
@@ -299,6 +323,7 @@ class SequenceCache:
         # can report what a round spends outside them
         self.forward_s = 0.0
         self._sync = self.device.type == "cuda"
+        self._cache_kw = cache_kwarg(model)
         self.reset()
 
     def reset(self) -> None:
@@ -311,7 +336,7 @@ class SequenceCache:
 
     def _ids(self, tokens: Sequence[int]) -> torch.Tensor:
         ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
-        if self.num_embeddings and int(ids.max()) >= self.num_embeddings:
+        if self._may_exceed and int(ids.max()) >= self.num_embeddings:
             ids = torch.where(ids >= self.num_embeddings, torch.full_like(ids, self.unk_id), ids)
         return ids
 
@@ -331,7 +356,7 @@ class SequenceCache:
         t = time.perf_counter()
         out = self.model(
             input_ids=ids,
-            past_key_values=self.cache,
+            **{self._cache_kw: self.cache},
             use_cache=True,
             logits_to_keep=0 if keep_all else 1,
             **kw,

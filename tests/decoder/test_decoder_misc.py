@@ -41,7 +41,7 @@ class Recorder:
 
         def forward(*args, **kw):
             ids = kw.get("input_ids", args[0] if args else None)
-            pkv = kw.get("past_key_values")
+            pkv = kw.get("cache", kw.get("past_key_values"))
             before = int(pkv.get_seq_length()) if pkv is not None else 0
             rec = {"ids": None if ids is None else ids[0].tolist(), "before": before,
                    "pixel_values": kw.get("pixel_values") is not None,

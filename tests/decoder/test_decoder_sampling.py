@@ -53,11 +53,14 @@ class Case:
     top_k: int = 0
     top_p: float = 1.0
     max_new_tokens: int = 3
+    prompt: tuple[int, ...] = tuple(tm.LAW_PROMPT)  # Llama targets
 
     @property
     def sampling(self) -> dict:
         return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
 
+
+LOOKUP_PROMPT = (3, 7, 5, 7, 2, 7)
 
 FAST_CASES = [
     Case("sd-g3", {"method": "sd", "gamma": 3}),
@@ -68,6 +71,12 @@ FAST_CASES = [
     Case("sd-T0.7-topk8-topp0.9", {"method": "sd", "gamma": 3}, temperature=0.7, top_k=8, top_p=0.9),
     Case("llava-sd", {"method": "sd", "gamma": 3}, target="llava"),
     Case("llava-rsd_s-w3l2", {"method": "rsd_s", "width": 3, "depth": 2}, target="llava"),
+    # prompt lookup: deterministic n-gram drafts (draft_probs=None); the prompt's tokens recur in the
+    # output often enough (vocabulary 12) that the second token is drafted in many runs (asserted)
+    Case("lookup-sd-g3", {"method": "sd", "gamma": 3}, drafter="lookup"),
+    # the last token (7) occurs twice before it: the first round's trie has two children at the root
+    Case("lookup-rsd_c-2x2-branching", {"method": "rsd_c", "branching": (2, 2)}, drafter="lookup",
+         prompt=LOOKUP_PROMPT),
 ]
 
 SLOW_ONLY_CASES = [
@@ -90,6 +99,9 @@ SLOW_ONLY_CASES = [
     Case("llava-compact-sd", {"method": "sd", "gamma": 3}, target="llava", drafter="compact"),
     Case("llava-compact-rsd_s-w3l2", {"method": "rsd_s", "width": 3, "depth": 2}, target="llava",
          drafter="compact"),
+    Case("lookup-rsd_s-w3l3-T0.7-topp0.9", {"method": "rsd_s", "width": 3, "depth": 3}, drafter="lookup",
+         temperature=0.7, top_p=0.9, max_new_tokens=4),
+    Case("lookup-specinfer-2x2", {"method": "specinfer", "branching": (2, 2)}, drafter="lookup"),
 ]
 
 
@@ -98,20 +110,25 @@ def _models(case: Case):
         ids, pv = tm.law_llava_inputs()
         drafter = tm.law_compact_drafter() if case.drafter == "compact" else tm.law_llava_drafter()
         return tm.law_llava(), drafter, ids, pv
-    return tm.law_target(), tm.law_drafter(case.drafter), torch.tensor([tm.LAW_PROMPT]), None
+    prompt = torch.tensor([list(case.prompt)])
+    if case.drafter == "lookup":
+        return tm.law_target(), specdec.PromptLookup(), prompt, None
+    return tm.law_target(), tm.law_drafter(case.drafter), prompt, None
 
 
 @functools.cache
-def exact_law(target: str, temperature: float, top_k: int, top_p: float) -> np.ndarray:
+def exact_law(target: str, temperature: float, top_k: int, top_p: float,
+              prompt: tuple[int, ...] = tuple(tm.LAW_PROMPT)) -> np.ndarray:
     if target == "llava":
         ids, pv = tm.law_llava_inputs()
         return law.joint_law(tm.law_llava(), ids, pixel_values=pv, temperature=temperature, top_k=top_k,
                              top_p=top_p)
-    return law.joint_law(tm.law_target(), torch.tensor([tm.LAW_PROMPT]), temperature=temperature,
+    return law.joint_law(tm.law_target(), torch.tensor([list(prompt)]), temperature=temperature,
                          top_k=top_k, top_p=top_p)
 
 
 _TIMINGS: dict[str, float] = {}
+_DRAFTED: dict[str, int] = {}
 
 
 @functools.cache
@@ -123,24 +140,29 @@ def decoder_samples(case: Case, n: int) -> np.ndarray:
     P = ids.shape[1]
     out = np.empty((n, 2), dtype=np.int64)
     t0 = time.perf_counter()
+    drafted = 0
     for s in range(n):
-        seq = dec.generate(ids, pixel_values=pv, max_new_tokens=case.max_new_tokens, seed=s,
-                           **case.sampling).sequences
+        res = dec.generate(ids, pixel_values=pv, max_new_tokens=case.max_new_tokens, seed=s, **case.sampling)
+        seq = res.sequences
+        drafted += res.stats.drafted > 0
         assert seq.shape == (1, P + case.max_new_tokens), (case.id, s, seq.shape)
         out[s] = seq[0, P:P + 2].numpy()
     _TIMINGS[case.id] = (time.perf_counter() - t0) / n
+    _DRAFTED[case.id] = drafted
     return out
 
 
 def _check_law(case: Case, n: int) -> None:
     samples = decoder_samples(case, n)
-    joint = exact_law(case.target, *case.sampling.values())
+    joint = exact_law(case.target, *case.sampling.values(), case.prompt)
     res = law.fit(samples, joint)
     ms = _TIMINGS.get(case.id, float("nan")) * 1e3
     print(f"[{case.id}] {res} ({ms:.1f} ms/generate)")
     assert res.pvalue > P_MIN, (
         f"{case.id}: the first two tokens do not follow the target's law: {res}\n  worst cells "
         f"{law.worst_cells(samples, joint)}")
+    if case.drafter == "lookup":  # the lookup drafts were really verified, not just ar steps
+        assert _DRAFTED[case.id] > n // 5, f"{case.id}: only {_DRAFTED[case.id]} of {n} runs drafted"
     if case.target == "llava":
         img = tm.law_llava().config.image_token_index
         hits = int((samples == img).sum())

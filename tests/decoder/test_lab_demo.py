@@ -147,6 +147,7 @@ def test_cli_demo_full_grid_json(weights, tmp_path, capsys):
     rc = cli.main(
         [
             "demo",
+            "--no-real",
             "--weights",
             weights,
             "--out",
@@ -172,6 +173,7 @@ def test_cli_demo_prints_table(weights, tmp_path, capsys):
     rc = cli.main(
         [
             "demo",
+            "--no-real",
             "--weights",
             weights,
             "--out",
@@ -192,7 +194,7 @@ def test_cli_demo_prints_table(weights, tmp_path, capsys):
 def test_cli_demo_missing_weights_exits_2(tmp_path, capsys):
     missing = str(tmp_path / "no_such_weights")
     out = tmp_path / "never_created"
-    rc = cli.main(["demo", "--weights", missing, "--out", str(out)])
+    rc = cli.main(["demo", "--no-real", "--weights", missing, "--out", str(out)])
     stdout, err = capsys.readouterr()
     assert rc == 2 and stdout == ""
     assert err.count("\n") == 1 and missing in err and err.startswith("specdec demo: error:")
@@ -202,7 +204,7 @@ def test_cli_demo_missing_weights_exits_2(tmp_path, capsys):
 def test_cli_demo_incomplete_weights_exits_2(tmp_path, capsys):
     empty = tmp_path / "empty_weights"
     empty.mkdir()
-    rc = cli.main(["demo", "--weights", str(empty), "--out", str(tmp_path / "o")])
+    rc = cli.main(["demo", "--no-real", "--weights", str(empty), "--out", str(tmp_path / "o")])
     _, err = capsys.readouterr()
     assert rc == 2 and err.count("\n") == 1 and str(empty / "target") in err
 
@@ -220,12 +222,13 @@ def test_python_m_specdec_demo_help():
 
 
 def test_cli_demo_temperatures(weights, tmp_path, capsys):
-    rc = cli.main(["demo", "--weights", weights, "--out", str(tmp_path), "--prompts", "1", "--max-new-tokens",
-                   "4", "--temperatures", "1.0", "--no-progress", "--json"])  # fmt: skip
+    rc = cli.main(["demo", "--no-real", "--weights", weights, "--out", str(tmp_path), "--prompts", "1",
+                   "--max-new-tokens", "4", "--temperatures", "1.0", "--no-progress", "--json"])  # fmt: skip
     stdout, err = capsys.readouterr()
     assert rc == 0, err
     assert {r["temperature"] for r in json.loads(stdout)["rows"]} == {1.0}
     for bad in ("-1", "nan", "hot"):
-        rc = cli.main(["demo", "--weights", weights, "--out", str(tmp_path), "--temperatures", bad])
+        rc = cli.main(["demo", "--no-real", "--weights", weights, "--out", str(tmp_path),
+                       "--temperatures", bad])
         _, err = capsys.readouterr()
         assert rc == 2 and "--temperatures" in err and err.count("\n") == 1, (bad, err)
