@@ -71,11 +71,11 @@ SYSTEMS: tuple[System, ...] = (
     System("hf_assisted", "hf", drafter="model", hf_kwargs={"assistant_model": True}),
     System("hf_prompt_lookup", "hf", drafter="lookup", hf_kwargs={"prompt_lookup_num_tokens": 10}),
     System("ar", "ours", "ar"),
-    System("sd", "ours", "sd", "model", {"gamma": 6}),
+    System("sd", "ours", "sd", "model", {"gamma": 5}),
     System("sd_adaedl", "ours", "sd", "model", {"gamma": 8, "policy": "adaedl"}),
     System("specinfer", "ours", "specinfer", "model", {"branching": (2, 2, 1, 1, 1)}),
     System("rsd_c", "ours", "rsd_c", "model", {"branching": (2, 2, 1, 1, 1)}),
-    System("rsd_s", "ours", "rsd_s", "model", {"width": 3, "depth": 6}),
+    System("rsd_s", "ours", "rsd_s", "model", {"width": 3, "depth": 5}),
     System("lookup", "ours", "sd", "lookup", {"gamma": 10}),
     System("lookup_tree", "ours", "rsd_c", "lookup", {"branching": (3, 2, 1, 1, 1, 1, 1, 1)}),
 )
@@ -104,6 +104,11 @@ COLUMNS = [
     "acceptance",
     "overhead_ms",
     "target_forward_ms",
+    "rounds",
+    "draft_ms_per_round",
+    "target_ms_per_round",
+    "verify_ms_per_round",
+    "cache_ms_per_round",
     "same_as_hf",
 ]
 SUMMARY_COLUMNS = [
@@ -127,6 +132,10 @@ SUMMARY_COLUMNS = [
     "mean_acceptance",
     "median_overhead_ms",
     "median_target_forward_ms",
+    "median_draft_ms_per_round",
+    "median_target_ms_per_round",
+    "median_verify_ms_per_round",
+    "median_cache_ms_per_round",
     "same_as_hf",
 ]
 
@@ -247,6 +256,7 @@ def run(
                                 "acceptance": stats.acceptance_rate if stats else float("nan"),
                                 "overhead_ms": stats.overhead_s * 1e3 if stats else float("nan"),
                                 "target_forward_ms": stats.target_forward_s * 1e3 if stats else float("nan"),
+                                **_round_profile(stats),
                                 "same_as_hf": (toks == base[0]) if temp == 0 and base else "",
                             }
                             rows.append(row)
@@ -265,6 +275,17 @@ def run(
     finally:
         torch.set_num_threads(before)
     return rows
+
+
+def _round_profile(stats) -> dict:
+    """Where a round's time goes (ms per round; the prefill is in the first round's target time)."""
+    keys = ("draft", "target", "verify", "cache")
+    if stats is None or not stats.rounds:
+        return {"rounds": "", **{f"{k}_ms_per_round": float("nan") for k in keys}}
+    return {
+        "rounds": stats.rounds,
+        **{f"{k}_ms_per_round": getattr(stats, f"{k}_s") * 1e3 / stats.rounds for k in keys},
+    }
 
 
 def _decode(s: System, target, drafter, decoders, ids, temp, max_new_tokens, eos, seed):
@@ -316,6 +337,10 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
                 "mean_acceptance": mean(rs, "acceptance"),
                 "median_overhead_ms": med(rs, "overhead_ms"),
                 "median_target_forward_ms": med(rs, "target_forward_ms"),
+                **{
+                    f"median_{k}_ms_per_round": med(rs, f"{k}_ms_per_round")
+                    for k in ("draft", "target", "verify", "cache")
+                },
                 "same_as_hf": f"{sum(same)}/{len(same)}" if same else "",
             }
         )

@@ -261,3 +261,17 @@ def test_main_job_real_comparison_then_lab(tmp_path):
     assert float(m.group(1)) * 60 < 180, f"the real-model comparison took {m.group(1)} min"
     assert "hf_assisted" in proc.stdout and "lookup" in proc.stdout and "vs hf" in proc.stdout
     print(f"specdec demo: {wall:.0f} s in all")
+
+
+@needs_smollm2
+def test_cli_wraps_text_prompts_in_the_chat_template():
+    import argparse
+
+    from specdec import cli
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(named_models.resolve("smollm2"))
+    chat = cli.build_inputs(argparse.Namespace(no_chat_template=False), "Hi there", tok, False, None)
+    raw = cli.build_inputs(argparse.Namespace(no_chat_template=True), "Hi there", tok, False, None)
+    assert chat["input_ids"][0].tolist() == encode_chat(tok, "Hi there")
+    assert raw["input_ids"][0].tolist() == tok("Hi there")["input_ids"]
