@@ -56,7 +56,7 @@ class DistillConfig:
     max_new_tokens: int = 128
     gen_batch: int = 48
     topk: int = 64
-    steps: int = 1500
+    steps: int = 1200
     batch_tokens: int = 2048
     lr: float = 3e-3
     kl_fraction: float = 0.6
