@@ -81,7 +81,8 @@ SYSTEMS: tuple[System, ...] = (
 )
 DEMO_SYSTEMS = ("hf", "hf_assisted", "ar", "sd", "rsd_s", "lookup")
 
-COLUMNS = [
+#: What every row and summary line says about the run (machine, versions, setting).
+RUN_COLUMNS = [
     "date",
     "commit",
     "cpu",
@@ -91,6 +92,9 @@ COLUMNS = [
     "threads",
     "temperature",
     "prompt_set",
+]
+COLUMNS = [
+    *RUN_COLUMNS,
     "prompt",
     "system",
     "method",
@@ -112,15 +116,7 @@ COLUMNS = [
     "same_as_hf",
 ]
 SUMMARY_COLUMNS = [
-    "date",
-    "commit",
-    "cpu",
-    "torch",
-    "transformers",
-    "dtype",
-    "threads",
-    "temperature",
-    "prompt_set",
+    *RUN_COLUMNS,
     "system",
     "method",
     "drafter",
@@ -401,7 +397,10 @@ def plot(summary: Sequence[dict], path: str, *, title: str) -> None:
         font = big = ImageFont.load_default()
     keys = list(dict.fromkeys((r["prompt_set"], r["temperature"], r["threads"]) for r in summary))
     panels = [[r for r in summary if (r["prompt_set"], r["temperature"], r["threads"]) == k] for k in keys]
-    row_h, left, bar_w, top = 19, 230, 480, 62
+    row_h, bar_w, top = 19, 480, 62
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    labels = [f"{r['system']} {r['shape']}" if r["shape"] != "-" else r["system"] for r in summary]
+    left = 20 + int(max(probe.textlength(lb, font=font) for lb in labels))
     hi = max(
         2.0,
         max(
