@@ -27,6 +27,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 specdec = pytest.importorskip("specdec")
+from specdec.compare import cpu_name  # noqa: E402
 
 NEW_TOKENS = 32
 VOCAB = 512
@@ -87,17 +88,6 @@ def greedy_reference(models) -> list[int]:
     return res.sequences[0, PROMPT_LEN:].tolist()
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
-
-
 @pytest.mark.parametrize("temperature", TEMPERATURES, ids=lambda t: f"T{t}")
 @pytest.mark.parametrize("name, kwargs", CASES, ids=[c[0] for c in CASES])
 def test_generate(benchmark, models, greedy_reference, name, kwargs, temperature):
@@ -142,7 +132,7 @@ def test_generate(benchmark, models, greedy_reference, name, kwargs, temperature
         "rounds": st.rounds,
         "target_calls": st.target_calls,
         "tokens_per_s": NEW_TOKENS / median if median else st.tokens_per_s,
-        "device": f"{_cpu_name()} ({torch.get_num_threads()} thread)",
+        "device": f"{cpu_name()} ({torch.get_num_threads()} thread)",
         "device_type": "cpu",
         "timing": timing,
     })

@@ -451,7 +451,7 @@ class SpeculativeDecoder:
             if draft is None:  # nothing to copy: one plain target step
                 stats.draft_s += clock.now() - t
                 return self._ar_step(target, None, sampler, stats, clock), 0, 0
-            chain = bool((draft.parents[0, 1:] == torch.arange(draft.num_drafted)).all())
+            chain = draft.depth == draft.num_drafted  # a trie with one path is a chain
         elif chain:
             draft: Draft = draft_chain(drafter, last, sampler, policy, min(self.gamma, budget))
         else:
