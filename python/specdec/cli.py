@@ -208,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--width", type=_positive_int, default=None,
                    help="beams kept per level for rsd_s")
     d.add_argument("--depth", type=_positive_int, default=None, help="tree depth (levels) for rsd_s")
+    d.add_argument("--lookup", type=_positive_int, default=None, metavar="N",
+                   help="with a drafter model and --method sd: where the text so far ends in an N-gram "
+                   "seen earlier in the context, copy what followed it (up to 10 tokens) instead of "
+                   "drafting (prompt lookup beside the model; 2 suits greedy decoding)")
     d.add_argument("--policy", default="static", choices=policies,
                    help="draft-length policy of sd (default: %(default)s)")
     d.add_argument("--lam", type=float, default=None,
@@ -585,12 +589,17 @@ def _decoder_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if clash:
         raise UsageError(f"--policy-arg {clash[0]}=...: {clash[0]} is a decoder option, use --{clash[0]}")
     kw.update(policy_kw)
+    if args.lookup is not None:
+        import specdec
+
+        kw["lookup"] = specdec.PromptLookup(max_ngram=max(3, args.lookup), min_ngram=args.lookup)
     return kw
 
 
 def _draft_shape(args: argparse.Namespace) -> str:
     if args.method == "sd":
-        return f"gamma={args.gamma}" + (f", policy={args.policy}" if args.policy != "static" else "")
+        return (f"gamma={args.gamma}" + (f", policy={args.policy}" if args.policy != "static" else "")
+                + (f", lookup n>={args.lookup}" if args.lookup is not None else ""))
     if args.method in ("specinfer", "rsd_c"):
         return "branching=" + ",".join(map(str, args.branching or []))
     if args.method == "rsd_s":
@@ -603,6 +612,9 @@ def cmd_generate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> in
         raise UsageError(f"--drafter is required with --method {args.method}")
     if args.temperature < 0:
         raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.lookup is not None and (args.method != "sd" or args.drafter in LOOKUP_NAMES):
+        raise UsageError("--lookup adds prompt lookup to a drafter model for --method sd "
+                         f"(got --method {args.method} --drafter {args.drafter})")
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     device = _resolve_device(args.device)
     image = _open_image(args.image) if args.image else None  # before any model is loaded: fails fast

@@ -55,8 +55,10 @@ class System:
         if self.kind == "hf":
             return ",".join(f"{k}={v}" for k, v in self.hf_kwargs.items() if k != "assistant_model") or "-"
         if "gamma" in kw:
-            return f"gamma={kw['gamma']}" + (
-                f" {kw['policy']}" if kw.get("policy", "static") != "static" else ""
+            return (
+                f"gamma={kw['gamma']}"
+                + (f" {kw['policy']}" if kw.get("policy", "static") != "static" else "")
+                + (f" +lookup n>={kw['lookup_min_ngram']}" if "lookup_min_ngram" in kw else "")
             )
         if "branching" in kw:
             return "x".join(map(str, kw["branching"]))
@@ -72,6 +74,7 @@ SYSTEMS: tuple[System, ...] = (
     System("hf_prompt_lookup", "hf", drafter="lookup", hf_kwargs={"prompt_lookup_num_tokens": 10}),
     System("ar", "ours", "ar"),
     System("sd", "ours", "sd", "model", {"gamma": 3}),
+    System("sd_lookup", "ours", "sd", "model+lookup", {"gamma": 3, "lookup_min_ngram": 2}),
     System("sd_adaedl", "ours", "sd", "model", {"gamma": 6, "policy": "adaedl"}),
     System("specinfer", "ours", "specinfer", "model", {"branching": (2, 2, 1)}),
     System("rsd_c", "ours", "rsd_c", "model", {"branching": (3, 2, 1)}),
@@ -195,12 +198,10 @@ def run(
     if not chosen or chosen[0].name != "hf":
         chosen = [_system("hf")] + [s for s in chosen if s.name != "hf"]  # the baseline runs first
     eos = tokenizer.eos_token_id
-    lookup = PromptLookup()
     decoders = {}
     for s in chosen:
         if s.kind == "ours":
-            d = lookup if s.drafter == "lookup" else (drafter if s.drafter == "model" else None)
-            decoders[s.name] = SpeculativeDecoder(target, d, method=s.method, **s.kwargs)
+            decoders[s.name] = _our_decoder(s, target, drafter)
     meta = {
         "date": time.strftime("%Y-%m-%d"),
         "commit": _commit(),
@@ -271,6 +272,15 @@ def run(
     finally:
         torch.set_num_threads(before)
     return rows
+
+
+def _our_decoder(s: System, target, drafter) -> SpeculativeDecoder:
+    kw = dict(s.kwargs)
+    if s.drafter == "model+lookup":  # the drafter model, and prompt lookup where the text repeats
+        kw["lookup"] = PromptLookup(min_ngram=kw.pop("lookup_min_ngram", 1))
+        return SpeculativeDecoder(target, drafter, method=s.method, **kw)
+    d = PromptLookup() if s.drafter == "lookup" else (drafter if s.drafter == "model" else None)
+    return SpeculativeDecoder(target, d, method=s.method, **kw)
 
 
 def _round_profile(stats) -> dict:

@@ -42,7 +42,8 @@ class GenerationStats:
     forwards and drafting ops), target (target forwards), verify (sampling_probs + verification
     op), cache (rollback / compaction); forward_s: inside the forwards of both models (prefill
     excluded); overhead_s: wall time of the rounds outside any model forward, per round;
-    target_forward_s: mean time of one target forward (prefill excluded). On CUDA every timing
+    target_forward_s: mean time of one target forward (prefill excluded); copied: drafted tokens
+    copied from the context (prompt lookup, alone or with ``lookup=``). On CUDA every timing
     point synchronises the device, which costs a little speed.
     """
 
@@ -66,6 +67,7 @@ class GenerationStats:
     forward_s: float = 0.0
     overhead_s: float = 0.0
     target_forward_s: float = 0.0
+    copied: int = 0
     emitted_per_round: list[int] = field(default_factory=list, repr=False)
 
     def as_dict(self) -> dict:
@@ -120,6 +122,13 @@ class SpeculativeDecoder:
         policy: "static", "adaedl" or "confidence" (chains only); ``policy_kwargs`` go to
             :class:`specdec_kernels.policies.AdaEDL` / ``MaxConfidence`` (e.g. ``lam=0.5``; AdaEDL's
             entropy coefficient ``gamma`` is ``entropy_gamma`` here, as ``gamma`` is the chain length).
+        lookup: a :class:`~specdec.PromptLookup` to combine with a drafter model for "sd": a round
+            whose text so far ends in an n-gram seen earlier in the context copies up to
+            ``lookup_gamma`` tokens that followed it instead of drafting; a chain whose drafted
+            tokens complete such an n-gram ends with the copy. Copies are one-hot drafts, so the
+            output keeps the target's law. Pays where the output repeats its prompt or itself
+            (greedy decoding especially); ``PromptLookup(min_ngram=3)`` copies only after three
+            matching tokens.
 
     Example:
         >>> dec = SpeculativeDecoder(target, drafter, method="rsd_s", width=4, depth=3)  # doctest: +SKIP
@@ -138,6 +147,8 @@ class SpeculativeDecoder:
         depth: int | None = None,
         policy: str = "static",
         tree_attention: str = "auto",
+        lookup: PromptLookup | None = None,
+        lookup_gamma: int = 10,
         **policy_kwargs,
     ) -> None:
         if method not in METHODS:
@@ -200,6 +211,18 @@ class SpeculativeDecoder:
             raise ValueError(
                 f"policy {policy!r} reads a drafter's laws; prompt lookup has none (use 'static')"
             )
+        if lookup is not None:
+            if not isinstance(lookup, PromptLookup):
+                raise ValueError(
+                    f"lookup must be a specdec.PromptLookup or None, got {type(lookup).__name__}"
+                )
+            if self.lookup is not None or self.drafter is None or method != "sd":
+                raise ValueError(
+                    "lookup= combines prompt lookup with a drafter model for method 'sd'; "
+                    f"got method {method!r} with drafter {type(drafter).__name__}"
+                )
+        self.copy = lookup
+        self.lookup_gamma = _positive_int(lookup_gamma, "lookup_gamma")
         self.param_ratio = (
             (count_parameters(self.drafter) / count_parameters(target))
             if self.drafter is not None and self.lookup is None
@@ -364,8 +387,9 @@ class SpeculativeDecoder:
         depth_sum = 0
         # prompt lookup's n-gram index over the text (image placeholders left out: they repeat)
         index = None
-        if self.lookup is not None:
-            index = self.lookup.index([t for t in prompt if t != self.image_token_id])
+        ngrams = self.lookup or self.copy
+        if ngrams is not None:
+            index = ngrams.index([t for t in prompt if t != self.image_token_id])
         last = prompt[-1]
         while len(out) < max_new_tokens:
             remaining = max_new_tokens - len(out)
@@ -446,14 +470,34 @@ class SpeculativeDecoder:
         """Draft (at most ``budget`` deep), verify in one target forward, keep the accepted path."""
         t = clock.now()
         chain = self.method == "sd"
-        if self.lookup is not None:
+        copied = None
+        if self.copy is not None:
+            # the text so far repeats an n-gram of the context: copy what followed it (one-hot drafts;
+            # whether a round copies depends on the committed text only, so it stays exact) and
+            # leave the drafter idle; it catches up on the emitted tokens in its next forward
+            copied = self.copy.chain(index, min(self.lookup_gamma, budget)) or None
+        if copied is not None:
+            draft = Draft(
+                torch.tensor([[last, *copied]], dtype=torch.long, device=self._device),
+                torch.arange(-1, len(copied), dtype=torch.long, device=self._device)[None],
+                None, -1, 0, len(copied), copied=len(copied),
+            )  # fmt: skip
+        elif self.lookup is not None:
             draft = self._lookup_draft(index, last, budget)
             if draft is None:  # nothing to copy: one plain target step
                 stats.draft_s += clock.now() - t
                 return self._ar_step(target, None, sampler, stats, clock), 0, 0
             chain = draft.depth == draft.num_drafted  # a trie with one path is a chain
         elif chain:
-            draft: Draft = draft_chain(drafter, last, sampler, policy, min(self.gamma, budget))
+            copy = None
+            if self.copy is not None:
+                # ... or as soon as the drafted tokens complete a repeated n-gram
+                def copy(drafted: list[int]) -> list[int]:
+                    return self.copy.chain_after(
+                        index, drafted, min(self.lookup_gamma, budget - len(drafted))
+                    )
+
+            draft: Draft = draft_chain(drafter, last, sampler, policy, min(self.gamma, budget), copy)
         else:
             depth = min(self.depth, budget)
             draft = draft_tree(
@@ -468,6 +512,7 @@ class SpeculativeDecoder:
         t1 = clock.now()
         stats.draft_s += t1 - t
         stats.drafted += draft.num_drafted
+        stats.copied += draft.copied
 
         root_t = target.root_slot()
         if chain:
@@ -514,9 +559,11 @@ class SpeculativeDecoder:
         stats.verify_s += t3 - t2
 
         target.accept(root_t, K, nodes, toks[:n], toks[n], chain)
-        if drafter is not None:
+        if copied is not None:
+            drafter.pending += toks  # the drafter catches up in its next forward
+        elif drafter is not None:
             drafter.accept(draft.root, draft.forwarded, nodes, toks[:n], toks[n], chain)
-        if policy is not None:
+        if policy is not None and copied is None:
             policy.update(n, K)
         stats.cache_s += clock.now() - t3
         return toks, n, draft.depth
@@ -537,4 +584,4 @@ class SpeculativeDecoder:
                 return None
         t_tok = torch.tensor([tokens], dtype=torch.long, device=self._device)
         t_par = torch.tensor([parents], dtype=torch.long, device=self._device)
-        return Draft(t_tok, t_par, None, -1, 0, depth)
+        return Draft(t_tok, t_par, None, -1, 0, depth, copied=len(tokens) - 1)

@@ -8,6 +8,7 @@ advances by each op's documented stride, so a seed reproduces a run exactly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -77,7 +78,8 @@ class Draft:
     tokens/parents: [1, N] (node 0 = root); q: the draft laws (None when greedy): a tree's [1, N, V]
     (rows of internal nodes; leaf rows unset), a chain's [1, K, V] (row i: the law of draft i + 1);
     forwarded: nodes 1..forwarded have KV entries in the drafter's cache right after ``root`` (its
-    slot); depth: tree depth drafted."""
+    slot); depth: tree depth drafted; copied: how many of the drafts were copied from the context
+    (prompt lookup; the chain's last ones)."""
 
     tokens: torch.Tensor
     parents: torch.Tensor
@@ -85,14 +87,26 @@ class Draft:
     root: int
     forwarded: int
     depth: int
+    copied: int = 0
 
     @property
     def num_drafted(self) -> int:
         return self.tokens.shape[1] - 1
 
 
-def draft_chain(drafter: SequenceCache, root_token: int, sampler: Sampler, policy, max_len: int) -> Draft:
-    """Up to ``max_len`` tokens autoregressively; ``policy`` may stop earlier (AdaEDL, confidence)."""
+def draft_chain(
+    drafter: SequenceCache,
+    root_token: int,
+    sampler: Sampler,
+    policy,
+    max_len: int,
+    copy: Callable[[list[int]], list[int]] | None = None,
+) -> Draft:
+    """Up to ``max_len`` tokens autoregressively; ``policy`` may stop earlier (AdaEDL, confidence).
+
+    ``copy(drafted)`` (prompt lookup): after each drafted token, the continuation the context offers
+    for the text so far; a non-empty one is appended as one-hot drafts (q is a point mass: the copy
+    is a function of the text before it) and ends the chain."""
     root = drafter.root_slot()
     row = drafter.logits_through()[-1]
     policy.begin_round(1, row.device)
@@ -100,6 +114,7 @@ def draft_chain(drafter: SequenceCache, root_token: int, sampler: Sampler, polic
     toks: list[int] = []
     qs: list[torch.Tensor] = []
     forwarded = 0
+    ext: list[int] = []
     for i in range(max_len):
         q = None if sampler.greedy else sampler.probs(row[None])
         # the policy judges the law actually drafted from (after temperature / top-k / top-p); a
@@ -113,6 +128,15 @@ def draft_chain(drafter: SequenceCache, root_token: int, sampler: Sampler, polic
             t = int(sampler.draw(row[None], q, 1)[0, 0])
             qs.append(q[0])
         toks.append(t)
+        if copy is not None:
+            ext = copy(toks)
+            if ext:
+                toks += ext
+                if q is not None:
+                    onehot = torch.zeros(len(ext), q.shape[-1], device=q.device)
+                    onehot[torch.arange(len(ext), device=q.device), torch.tensor(ext, device=q.device)] = 1.0
+                    qs += list(onehot)
+                break
         if i + 1 < max_len:
             row = drafter.logits_through([t])[-1]
             forwarded += 1
@@ -122,7 +146,7 @@ def draft_chain(drafter: SequenceCache, root_token: int, sampler: Sampler, polic
     parents = torch.arange(-1, K, dtype=torch.long, device=dev)[None]
     # verify_chain reads the K draft rows only: no row for the last node
     q = None if sampler.greedy or not K else torch.stack(qs)[None]
-    return Draft(tokens, parents, q, root, forwarded, K)
+    return Draft(tokens, parents, q, root, forwarded, K, copied=len(ext))
 
 
 def draft_tree(

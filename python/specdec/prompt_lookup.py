@@ -35,6 +35,10 @@ class NgramIndex:
             for n in range(1, min(self.max_ngram, end) + 1):
                 self._after[n].setdefault(tuple(self.tokens[end - n : end]), []).append(end)
 
+    def after(self, ngram: tuple[int, ...]) -> list[int]:
+        """Positions right after every occurrence of ``ngram`` (ascending; may include the end)."""
+        return self._after[len(ngram)].get(ngram, []) if len(ngram) <= self.max_ngram else []
+
     def matches(self, n: int) -> list[int]:
         """Positions right after the earlier occurrences of the last ``n`` tokens, most recent first
         (the suffix itself is not a match)."""
@@ -82,6 +86,22 @@ class PromptLookup:
         toks = idx.tokens
         for n in range(min(self.max_ngram, len(toks) - 1), self.min_ngram - 1, -1):
             for p in idx.matches(n):
+                if p < len(toks):
+                    return toks[p : p + max_len]
+        return []
+
+    def chain_after(self, idx: NgramIndex, drafted: Sequence[int], max_len: int) -> list[int]:
+        """:meth:`chain` for the context followed by ``drafted`` (tokens not committed yet): the
+        longest suffix reaching into ``drafted`` is looked up among the committed text only."""
+        if max_len <= 0:
+            return []
+        if not drafted:
+            return self.chain(idx, max_len)
+        toks = idx.tokens
+        d = list(drafted)
+        for n in range(min(self.max_ngram, len(toks) + len(d) - 1), self.min_ngram - 1, -1):
+            tail = tuple((toks[-(n - len(d)) :] if n > len(d) else []) + d[-n:])
+            for p in reversed(idx.after(tail)):
                 if p < len(toks):
                     return toks[p : p + max_len]
         return []

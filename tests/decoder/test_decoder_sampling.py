@@ -77,6 +77,10 @@ FAST_CASES = [
     # the last token (7) occurs twice before it: the first round's trie has two children at the root
     Case("lookup-rsd_c-2x2-branching", {"method": "rsd_c", "branching": (2, 2)}, drafter="lookup",
          prompt=LOOKUP_PROMPT),
+    # prompt lookup beside the drafter: LAW_PROMPT's tokens are distinct, so the first round drafts
+    # x1 from the model and, when x1 occurred in the prompt, copies what followed it: a chain whose
+    # rows are the drafter's q and then a point mass (the copied tail's draws asserted below)
+    Case("model+lookup-sd-g3", {"method": "sd", "gamma": 3, "lookup": specdec.PromptLookup()}),
 ]
 
 SLOW_ONLY_CASES = [
@@ -102,6 +106,13 @@ SLOW_ONLY_CASES = [
     Case("lookup-rsd_s-w3l3-T0.7-topp0.9", {"method": "rsd_s", "width": 3, "depth": 3}, drafter="lookup",
          temperature=0.7, top_p=0.9, max_new_tokens=4),
     Case("lookup-specinfer-2x2", {"method": "specinfer", "branching": (2, 2)}, drafter="lookup"),
+    # the whole first round copied (the last prompt token occurred before), then the drafter catches
+    # up on the emitted tokens; and copies under top-k / top-p, where a copied token may be cut away
+    Case("model+lookup-sd-g3-copied-round", {"method": "sd", "gamma": 3, "lookup": specdec.PromptLookup()},
+         prompt=LOOKUP_PROMPT, max_new_tokens=4),
+    Case("model+lookup-sd-g3-T0.7-topk4-topp0.9",
+         {"method": "sd", "gamma": 3, "lookup": specdec.PromptLookup()}, temperature=0.7, top_k=4,
+         top_p=0.9),
 ]
 
 
@@ -129,6 +140,7 @@ def exact_law(target: str, temperature: float, top_k: int, top_p: float,
 
 _TIMINGS: dict[str, float] = {}
 _DRAFTED: dict[str, int] = {}
+_COPIED: dict[str, int] = {}
 
 
 @functools.cache
@@ -140,15 +152,17 @@ def decoder_samples(case: Case, n: int) -> np.ndarray:
     P = ids.shape[1]
     out = np.empty((n, 2), dtype=np.int64)
     t0 = time.perf_counter()
-    drafted = 0
+    drafted = copied = 0
     for s in range(n):
         res = dec.generate(ids, pixel_values=pv, max_new_tokens=case.max_new_tokens, seed=s, **case.sampling)
         seq = res.sequences
         drafted += res.stats.drafted > 0
+        copied += res.stats.copied > 0
         assert seq.shape == (1, P + case.max_new_tokens), (case.id, s, seq.shape)
         out[s] = seq[0, P:P + 2].numpy()
     _TIMINGS[case.id] = (time.perf_counter() - t0) / n
     _DRAFTED[case.id] = drafted
+    _COPIED[case.id] = copied
     return out
 
 
@@ -163,6 +177,8 @@ def _check_law(case: Case, n: int) -> None:
         f"{law.worst_cells(samples, joint)}")
     if case.drafter == "lookup":  # the lookup drafts were really verified, not just ar steps
         assert _DRAFTED[case.id] > n // 5, f"{case.id}: only {_DRAFTED[case.id]} of {n} runs drafted"
+    if "lookup" in case.method_kw:  # copies were really drafted and verified
+        assert _COPIED[case.id] > n // 5, f"{case.id}: only {_COPIED[case.id]} of {n} runs copied"
     if case.target == "llava":
         img = tm.law_llava().config.image_token_index
         hits = int((samples == img).sum())

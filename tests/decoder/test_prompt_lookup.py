@@ -54,6 +54,20 @@ def test_chain_continuation_may_run_into_the_suffix():
     assert lk.chain(idx, 5) == [6, 4]  # the copy stops where the text ends
 
 
+def test_chain_after_looks_up_suffixes_reaching_into_the_drafts():
+    lk = PromptLookup(max_ngram=3, min_ngram=2)
+    idx = lk.index([1, 2, 3, 4, 5, 6, 1, 2])
+    assert lk.chain_after(idx, [3], 3) == [4, 5, 6]  # "2 3" (one committed, one drafted token)
+    assert lk.chain_after(idx, [3, 4], 5) == [5, 6, 1, 2]  # "3 4" lies in the drafts; the copy ends
+    assert lk.chain_after(idx, [9], 3) == []  # "2 9" never occurred
+    assert lk.chain_after(idx, [3], 0) == [] and lk.chain_after(idx, [3], -2) == []  # no budget left
+    assert lk.chain_after(idx, [], 2) == lk.chain(idx, 2) == [3, 4]
+    # a suffix that equals the committed text's own last n-gram is not a match of itself
+    idx = lk.index([5, 7, 5, 7])
+    assert lk.chain_after(idx, [5, 7], 2) == [5, 7]  # "5 7" followed by 5 7 at position 2
+    assert lk.chain_after(lk.index([8, 5, 7]), [5, 7], 2) == []  # "5 7" only at the end: nothing follows
+
+
 def _check_tree(tokens, parents, depth_bound):
     t = torch.tensor([tokens])
     p = torch.tensor([parents])
@@ -111,6 +125,22 @@ def test_tree_without_match_is_the_root_alone():
 def test_bad_arguments_name_themselves(kw, match):
     with pytest.raises(ValueError, match=match):
         PromptLookup(**kw)
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"lookup": 3}, "lookup must be a specdec.PromptLookup"),
+        ({"lookup": PromptLookup(), "method": "rsd_s", "width": 2, "depth": 2}, "method 'sd'"),
+        ({"lookup": PromptLookup(), "lookup_gamma": 0}, "lookup_gamma"),
+    ],
+)
+def test_lookup_beside_a_drafter_checks_its_arguments(kw, match):
+    kw = {"method": "sd", **kw}
+    with pytest.raises(ValueError, match=match):
+        specdec.SpeculativeDecoder(tm.greedy_target(), tm.greedy_drafter(), **kw)
+    with pytest.raises(ValueError, match="method 'sd'"):  # a second lookup on top of prompt lookup
+        specdec.SpeculativeDecoder(tm.greedy_target(), PromptLookup(), method="sd", lookup=PromptLookup())
 
 
 def test_policies_other_than_static_are_refused():
@@ -182,3 +212,55 @@ def test_lookup_short_budgets(llama_ref, n):
             ref.ids, max_new_tokens=n, temperature=0.0
         )
         assert_same(res, ref.out[:, : ref.P + n], ref, f"{kw} n={n}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompt lookup beside a drafter model (lookup=): greedy equals HF greedy
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("min_ngram", [1, 2])
+@pytest.mark.parametrize("policy", ["static", "adaedl"])
+def test_lookup_beside_drafter_greedy_equals_hf(llama_ref, min_ngram, policy):
+    ref = llama_ref
+    dec = specdec.SpeculativeDecoder(
+        ref.target, tm.greedy_drafter(), method="sd", gamma=4, policy=policy,
+        lookup=PromptLookup(min_ngram=min_ngram), lookup_gamma=6,
+    )  # fmt: skip
+    for n in (N_NEW, 1, 3):
+        res = dec.generate(ref.ids, max_new_tokens=n, temperature=0.0)
+        assert_same(res, ref.out[:, : ref.P + n], ref, f"lookup n>={min_ngram} {policy} n={n}")
+    st = res.stats if n == N_NEW else dec.generate(ref.ids, max_new_tokens=N_NEW, temperature=0.0).stats
+    # both kinds of draft were made: copies (whole rounds and chain tails) and the drafter's tokens
+    assert 0 < st.copied < st.drafted and st.drafter_calls > 0, st.as_dict()
+    res = dec.generate(ref.ids, max_new_tokens=N_NEW, temperature=0.0, eos_token_id=ref.eos)
+    assert_same(res, ref.eos_out, ref, "lookup beside drafter, eos")
+
+
+def test_draft_chain_appends_a_copy_as_point_masses():
+    from specdec.drafting import Sampler, draft_chain
+    from specdec.models import SequenceCache
+
+    from specdec_kernels.policies import StaticLength
+
+    dc = SequenceCache(tm.greedy_drafter())
+    dc.prefill(tm.GREEDY_PROMPT)
+    calls = []
+
+    def copy(drafted):
+        calls.append(list(drafted))
+        return [5, 6] if len(drafted) == 2 else []
+
+    d = draft_chain(dc, tm.GREEDY_PROMPT[-1], Sampler(1.0, 0, 1.0, seed=3), StaticLength(6), 6, copy)
+    assert [len(c) for c in calls] == [1, 2]  # asked after each drafted token, until a copy came
+    assert d.tokens[0, 3:].tolist() == [5, 6] and d.num_drafted == 4 and d.copied == 2
+    assert d.forwarded == 1  # x1 went through the drafter; x2 and the copy are not in its cache
+    q = d.q[0]
+    assert q.shape == (4, tm.GREEDY_VOCAB)
+    onehot = torch.nn.functional.one_hot(torch.tensor([5, 6]), tm.GREEDY_VOCAB).float()
+    torch.testing.assert_close(q[2:], onehot)
+    assert (q[:2] < 1).all() and torch.allclose(q[:2].sum(-1), torch.ones(2))  # the drafter's laws
+    # greedy: no laws at all; a copy offered at once ends the chain after one drafted token
+    d = draft_chain(dc, d.tokens[0, -1].item(), Sampler(0.0, 0, 1.0, seed=3), StaticLength(6), 6,
+                    lambda drafted: [7, 7, 7])  # fmt: skip
+    assert d.q is None and d.num_drafted == 4 and d.copied == 3
