@@ -4,6 +4,7 @@ SmolLM2-135M, side by side in one process (issue 16's comparison).
     python benchmarks/real_model_speed.py                       # the full grid (about 1.5 h on 2 cores)
     python benchmarks/real_model_speed.py --heldout 4 --repetition 2 --max-new-tokens 32 --threads 1
     python benchmarks/real_model_speed.py --markdown benchmarks/results/real-model-...-summary.csv
+    python benchmarks/real_model_speed.py --replot benchmarks/results/real-model-....csv   # summary + chart
 
 Writes, under benchmarks/results/ (or --out PREFIX): PREFIX.csv (one row per generation, appended as
 each finishes, so an interrupted run keeps what it measured), PREFIX-summary.csv (medians per
@@ -62,6 +63,10 @@ def markdown(summary_csv: str) -> str:
     return "\n".join(lines)
 
 
+def _title(dtype: str, cpu: str) -> str:
+    return f"SmolLM2-135M ({dtype}) on {cpu}: median speed-up over HF generate"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--heldout", type=int, default=24, help="held-out prompts (default: %(default)s)")
@@ -80,9 +85,25 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--markdown", metavar="SUMMARY_CSV", help="print the README table of a summary CSV and exit"
     )
+    ap.add_argument(
+        "--replot",
+        metavar="ROWS_CSV",
+        help="write PREFIX-summary.csv and PREFIX.png again from a run's PREFIX.csv and exit",
+    )
     a = ap.parse_args(argv)
     if a.markdown:
         print(markdown(a.markdown))
+        return 0
+    if a.replot:
+        from specdec import compare
+
+        prefix = a.replot.removesuffix(".csv")
+        rows = compare.read_rows(a.replot)
+        summary = compare.summarize(rows)
+        compare.write_csv(summary, prefix + "-summary.csv", compare.SUMMARY_COLUMNS)
+        compare.plot(summary, prefix + ".png", title=_title(rows[0]["dtype"], rows[0]["cpu"]))
+        print(compare.format_table(summary))
+        print(f"\nwrote {prefix}-summary.csv, {prefix}.png")
         return 0
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -130,7 +151,7 @@ def main(argv=None) -> int:
     compare.plot(
         summary,
         prefix + ".png",
-        title=f"SmolLM2-135M ({a.dtype}) on {compare.cpu_name()}: median speed-up over HF generate",
+        title=_title(a.dtype, compare.cpu_name()),
     )
     print(compare.format_table(summary))
     print(f"\nwrote {rows_path}, {prefix}-summary.csv, {prefix}.png")

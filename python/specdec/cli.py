@@ -212,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with a drafter model and --method sd: where the text so far ends in an N-gram "
                    "seen earlier in the context, copy what followed it (up to 10 tokens) instead of "
                    "drafting (prompt lookup beside the model; 2 suits greedy decoding)")
+    d.add_argument("--draft-vocab", type=_positive_int, default=None, metavar="N",
+                   help="the drafter scores only token ids below N (its output layer cut: a cheaper "
+                   "draft step; other tokens get draft probability 0, still exact); e.g. 16384 for "
+                   "smollm2-drafter")
     d.add_argument("--policy", default="static", choices=policies,
                    help="draft-length policy of sd (default: %(default)s)")
     d.add_argument("--lam", type=float, default=None,
@@ -245,8 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
         "LLaVA (CPU, about 3 minutes)",
         description="First (--real, the default) the short real-model comparison: SmolLM2-135M in "
         "bfloat16 on 3 held-out and 2 repetition-heavy prompts x 64 tokens at temperatures 0 and 0.7, "
-        "decoded by HF generate, HF assisted generation with the same drafter, and specdec (ar, sd and "
-        "rsd_s with the distilled smollm2-drafter, prompt lookup); a table of tokens/s and speed-up "
+        "decoded by HF generate, HF assisted generation with the same drafter, and specdec (ar; sd, sd "
+        "with prompt lookup beside the drafter and rsd_s with the distilled smollm2-drafter; prompt "
+        "lookup alone); a table of tokens/s and speed-up "
         "over HF generate, real.csv, real_summary.csv and real.png in --out. Then (--lab, the default) "
         "the miniature lab: a fixed set of scene prompts with ar, sd (gamma 3 / 5, static / adaedl), "
         "specinfer 2x2, rsd_c 2-2 / 2-2-2 and rsd_s W3L2 / W4L3, each with the text-only and the image "
@@ -589,6 +594,8 @@ def _decoder_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if clash:
         raise UsageError(f"--policy-arg {clash[0]}=...: {clash[0]} is a decoder option, use --{clash[0]}")
     kw.update(policy_kw)
+    if args.draft_vocab is not None:
+        kw["draft_vocab"] = args.draft_vocab
     if args.lookup is not None:
         import specdec
 

@@ -8,8 +8,10 @@ system alike. Systems:
 * ``hf_assisted``: ``generate(assistant_model=drafter)`` with the same drafter as ours;
 * ``hf_prompt_lookup``: ``generate(prompt_lookup_num_tokens=10)``;
 * ours (:class:`specdec.SpeculativeDecoder`): ``ar``, ``sd`` (static and AdaEDL), ``specinfer``,
-  ``rsd_c``, ``rsd_s`` with the drafter, and ``lookup`` / ``lookup_tree`` (prompt lookup, no
-  drafter model).
+  ``rsd_c``, ``rsd_s`` with the drafter, ``sd_lookup`` (the drafter, and copies from the context
+  where the text repeats an n-gram: ``lookup=PromptLookup(min_ngram=2)``), ``sd_v16k`` /
+  ``sd_lookup_v16k`` (the same with the drafter scoring ids below 16384 only: ``draft_vocab``) and
+  ``lookup`` / ``lookup_tree`` (prompt lookup, no drafter model).
 
 One row per (system, prompt): tokens/s, wall time, and for ours tau, acceptance and the time per
 round outside the models' forwards. :func:`summarize` reduces them to medians per system and the
@@ -40,7 +42,8 @@ from .prompt_lookup import PromptLookup
 @dataclass(frozen=True)
 class System:
     """One way to decode: ``kind`` "hf" (transformers' generate with ``hf_kwargs``) or "ours"
-    (SpeculativeDecoder with ``method`` and ``kwargs``); ``drafter`` "model", "lookup" or None."""
+    (SpeculativeDecoder with ``method`` and ``kwargs``); ``drafter`` "model", "lookup", "model+lookup"
+    (the model with ``lookup=PromptLookup(min_ngram=kwargs["lookup_min_ngram"])``) or None."""
 
     name: str
     kind: str
@@ -59,6 +62,7 @@ class System:
                 f"gamma={kw['gamma']}"
                 + (f" {kw['policy']}" if kw.get("policy", "static") != "static" else "")
                 + (f" +lookup n>={kw['lookup_min_ngram']}" if "lookup_min_ngram" in kw else "")
+                + (f" vocab<{kw['draft_vocab']}" if "draft_vocab" in kw else "")
             )
         if "branching" in kw:
             return "x".join(map(str, kw["branching"]))
@@ -75,6 +79,14 @@ SYSTEMS: tuple[System, ...] = (
     System("ar", "ours", "ar"),
     System("sd", "ours", "sd", "model", {"gamma": 3}),
     System("sd_lookup", "ours", "sd", "model+lookup", {"gamma": 3, "lookup_min_ngram": 2}),
+    System("sd_v16k", "ours", "sd", "model", {"gamma": 3, "draft_vocab": 16384}),
+    System(
+        "sd_lookup_v16k",
+        "ours",
+        "sd",
+        "model+lookup",
+        {"gamma": 3, "lookup_min_ngram": 2, "draft_vocab": 16384},
+    ),
     System("sd_adaedl", "ours", "sd", "model", {"gamma": 6, "policy": "adaedl"}),
     System("specinfer", "ours", "specinfer", "model", {"branching": (2, 2, 1)}),
     System("rsd_c", "ours", "rsd_c", "model", {"branching": (3, 2, 1)}),
@@ -82,7 +94,7 @@ SYSTEMS: tuple[System, ...] = (
     System("lookup", "ours", "sd", "lookup", {"gamma": 10}),
     System("lookup_tree", "ours", "rsd_c", "lookup", {"branching": (3, 2, 1, 1, 1, 1, 1, 1)}),
 )
-DEMO_SYSTEMS = ("hf", "hf_assisted", "ar", "sd", "rsd_s", "lookup")
+DEMO_SYSTEMS = ("hf", "hf_assisted", "ar", "sd", "sd_lookup", "rsd_s", "lookup")
 
 #: What every row and summary line says about the run (machine, versions, setting).
 RUN_COLUMNS = [
@@ -362,6 +374,24 @@ def write_csv(rows: Sequence[dict], path: str, columns: Sequence[str]) -> None:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
 
 
+def read_rows(path: str) -> list[dict]:
+    """The rows of a run's CSV (as :func:`run` returns them), to summarise or chart it again."""
+    ints = {"threads", "prompt", "new_tokens"}
+    text = {"date", "commit", "cpu", "torch", "transformers", "dtype", "prompt_set", "system", "method",
+            "drafter", "shape", "rounds"}  # fmt: skip
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k, v in r.items():
+            if k == "same_as_hf":
+                r[k] = {"True": True, "False": False}.get(v, "")
+            elif k in ints:
+                r[k] = int(v)
+            elif k not in text:
+                r[k] = float(v) if v != "" else float("nan")
+    return rows
+
+
 def format_table(summary: Sequence[dict]) -> str:
     """An aligned text table of the summary."""
     cols = [
@@ -392,6 +422,7 @@ _COLOURS = {
     "hf": (150, 150, 150),
     "ours-model": (70, 110, 200),
     "ours-lookup": (60, 160, 90),
+    "ours-model+lookup": (40, 150, 170),
     "ours-none": (120, 120, 120),
 }
 
@@ -430,6 +461,7 @@ def plot(summary: Sequence[dict], path: str, *, title: str) -> None:
         ("Hugging Face generate", _COLOURS["hf"]),
         ("ours, distilled drafter", _COLOURS["ours-model"]),
         ("ours, prompt lookup", _COLOURS["ours-lookup"]),
+        ("ours, both", _COLOURS["ours-model+lookup"]),
         ("ours, target alone", _COLOURS["ours-none"]),
     ):
         d.rectangle((x, 36, x + 12, 48), fill=col)

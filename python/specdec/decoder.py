@@ -18,7 +18,14 @@ from specdec_kernels import policies as _policies
 
 from .drafting import Draft, Sampler, draft_chain, draft_tree
 from .hf_attention import language_model, use_tree_attention
-from .models import CompactLlavaDrafter, SequenceCache, count_parameters, image_token_id, is_multimodal
+from .models import (
+    CompactLlavaDrafter,
+    SequenceCache,
+    count_parameters,
+    cut_output_vocab,
+    image_token_id,
+    is_multimodal,
+)
 from .prompt_lookup import NgramIndex, PromptLookup
 
 #: Methods: "ar" target alone (the baseline); "sd" chain; "specinfer" i.i.d. tree; "rsd_c" Gumbel-Top-k
@@ -116,6 +123,11 @@ class SpeculativeDecoder:
         gamma: chain length for "sd" (the policy's maximum).
         branching: tuple of children per level for "specinfer" / "rsd_c", e.g. (2, 2, 2).
         width, depth: for "rsd_s": W expansions kept per level, L levels.
+        draft_vocab: the drafter scores only the token ids below this (its output layer cut to
+            those rows, shared with the model, not copied): one draft step reads that much less of
+            the head, which dominates a small drafter's step at a large vocabulary. Other tokens get
+            draft probability 0, so the output keeps the target's law; it pays where ids are in
+            frequency order (BPE merges): see docs/real_model.md.
         tree_attention: "auto" (default: "fused" where the target supports it), "fused" (verify
             trees with :func:`specdec_kernels.tree_attention` inside the target: no dense mask) or
             "bias" (a dense additive mask through the target's own attention).
@@ -149,6 +161,7 @@ class SpeculativeDecoder:
         tree_attention: str = "auto",
         lookup: PromptLookup | None = None,
         lookup_gamma: int = 10,
+        draft_vocab: int | None = None,
         **policy_kwargs,
     ) -> None:
         if method not in METHODS:
@@ -223,6 +236,11 @@ class SpeculativeDecoder:
                 )
         self.copy = lookup
         self.lookup_gamma = _positive_int(lookup_gamma, "lookup_gamma")
+        self._draft_model = self.drafter
+        if draft_vocab is not None:
+            if self.drafter is None or self.lookup is not None:
+                raise ValueError("draft_vocab applies to a drafter model")
+            self._draft_model = cut_output_vocab(self.drafter, _positive_int(draft_vocab, "draft_vocab"))
         self.param_ratio = (
             (count_parameters(self.drafter) / count_parameters(target))
             if self.drafter is not None and self.lookup is None
@@ -376,7 +394,7 @@ class SpeculativeDecoder:
             # the target's vocabulary: its output layer, not config.vocab_size (may be padded)
             out_emb = self.target.get_output_embeddings()
             vocab = out_emb.out_features if out_emb is not None else None
-            drafter = SequenceCache(self.drafter, vocab)
+            drafter = SequenceCache(self._draft_model, vocab)
         self._prefill(target, drafter, prompt, pixel_values)
         t_loop = clock.now()
         stats.target_s += t_loop - tp

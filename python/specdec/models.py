@@ -7,6 +7,7 @@ takes a local directory written by ``save_pretrained``.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -215,6 +216,26 @@ class CompactLlavaDrafter(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # Loading
 # ----------------------------------------------------------------------------------------------
+
+
+def cut_output_vocab(model: nn.Module, n: int) -> nn.Module:
+    """A view of ``model`` whose output layer scores only the token ids below ``n`` (the first ``n``
+    rows of its weight, shared, not copied); ``model`` itself is unchanged. Used for a drafter: its
+    logits are padded with -inf to the target's vocabulary, so the ids cut away get probability 0."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, nn.Linear):
+        raise ValueError(f"draft_vocab needs a drafter whose output layer is an nn.Linear, got {type(head)}")
+    if n >= head.out_features:
+        return model
+    cut = nn.Linear(head.in_features, n, bias=head.bias is not None, device=head.weight.device,
+                    dtype=head.weight.dtype)  # fmt: skip
+    cut.weight = nn.Parameter(head.weight.detach()[:n], requires_grad=False)
+    if head.bias is not None:
+        cut.bias = nn.Parameter(head.bias.detach()[:n], requires_grad=False)
+    view = copy.copy(model)
+    view._modules = dict(model._modules)  # a module dict of its own: the original keeps its head
+    view.set_output_embeddings(cut)
+    return view
 
 
 def _from_pretrained(loader, name_or_path: str, role: str, **kw):

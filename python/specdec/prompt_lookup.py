@@ -11,6 +11,12 @@ in :func:`specdec_kernels.verify_chain` / :func:`~specdec_kernels.verify_tree`):
 accepted with probability p(x), a node's distinct children one after another against the residual.
 The output keeps the target's law at any temperature and equals greedy decoding at temperature 0.
 
+Beside a drafter model (``SpeculativeDecoder(target, drafter, method="sd", lookup=PromptLookup())``)
+a round copies instead of drafting when the committed text ends in a repeated n-gram, and a drafted
+chain ends with a copy as soon as its drafted tokens complete one (:meth:`PromptLookup.chain_after`).
+The copied tail's draft law is a point mass (the copy is a function of the text before it), so the
+chain is verified with the drafter's q rows followed by one-hot rows.
+
 Lookups are O(1) per n: :class:`NgramIndex` keeps, for every n-gram of the context, the positions
 that follow it, updated as tokens are committed (a few microseconds per token).
 """
@@ -58,6 +64,8 @@ class PromptLookup:
 
     Example:
         >>> dec = SpeculativeDecoder(target, PromptLookup(), method="sd", gamma=10)  # doctest: +SKIP
+        >>> dec = SpeculativeDecoder(target, drafter, method="sd", gamma=3,
+        ...                          lookup=PromptLookup(min_ngram=2))  # beside a model  # doctest: +SKIP
     """
 
     def __init__(self, max_ngram: int = 3, min_ngram: int = 1, max_matches: int = 8) -> None:

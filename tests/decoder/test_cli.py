@@ -186,12 +186,15 @@ def test_streamer_stops_at_eos():
 GREEDY_TOKENS = 24  # long enough for the tree methods to accept non-first siblings several times
 
 
-@pytest.mark.parametrize("method", ["sd", "specinfer", "rsd_c", "rsd_s"])
+@pytest.mark.parametrize("method", ["sd", "sd+lookup", "sd+draft-vocab", "specinfer", "rsd_c", "rsd_s"])
 def test_greedy_equals_target_generate(capsys, paths, method):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    shape = {"sd": ["--gamma", "4"], "specinfer": ["--branching", "3"], "rsd_c": ["--branching", "2,2"],
+    shape = {"sd": ["--gamma", "4"], "sd+lookup": ["--gamma", "4", "--lookup", "1"],
+             "sd+draft-vocab": ["--gamma", "4", "--draft-vocab", "30"],
+             "specinfer": ["--branching", "3"], "rsd_c": ["--branching", "2,2"],
              "rsd_s": ["--width", "3", "--depth", "2"]}[method]
+    method = method.split("+")[0]
     rc, out, err = run(capsys, *text_args(paths, "--method", method, *shape, "--temperature", "0",
                                           "--max-new-tokens", str(GREEDY_TOKENS), "--json"))
     assert rc == 0, err
@@ -292,6 +295,12 @@ ERRORS = {
                    ["--drafter"]),
     "bad-branching": (lambda p: text_args(p, "--method", "rsd_c", "--branching", "2,x"), ["--branching"]),
     "bad-top-p": (lambda p: text_args(p, "--top-p", "0", "--max-new-tokens", "2"), ["top_p"]),
+    "lookup-on-tree": (lambda p: text_args(p, "--method", "rsd_c", "--branching", "2", "--lookup", "2"),
+                       ["--lookup", "--method sd", "rsd_c"]),
+    "lookup-on-lookup": (lambda p: text_args(p, "--lookup", "2") + ["--drafter", "prompt-lookup"],
+                         ["--lookup", "prompt-lookup"]),
+    "bad-lookup": (lambda p: text_args(p, "--lookup", "0"), ["--lookup"]),
+    "bad-draft-vocab": (lambda p: text_args(p, "--draft-vocab", "-1"), ["--draft-vocab"]),
 }
 
 

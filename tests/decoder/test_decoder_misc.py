@@ -350,6 +350,7 @@ def test_unknown_method_raises():
     ({"method": "sd", "policy": "adaedl", "max_len": 3}, "entropy_gamma"),
     ({"method": "sd", "policy": "adaedl", "nope": 1}, "policy 'adaedl'"),
     ({"method": "rsd_c", "policy": "adaedl"}, "chains"),
+    ({"method": "sd", "draft_vocab": 0}, "draft_vocab"),
 ])
 def test_bad_method_arguments_raise(kw, word):
     with pytest.raises(ValueError, match=word):
@@ -385,3 +386,38 @@ def test_bad_generate_arguments_raise(kw, word):
     dec = specdec.SpeculativeDecoder(tm.greedy_target(), tm.greedy_drafter(), method="sd", gamma=3)
     with pytest.raises(ValueError, match=word):
         dec.generate(torch.tensor([tm.GREEDY_PROMPT]), **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# draft_vocab: the drafter's output layer cut to the first ids
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cut_output_vocab_is_a_view_and_leaves_the_model_alone():
+    from specdec.models import cut_output_vocab
+
+    d = tm.greedy_drafter()
+    head = d.get_output_embeddings().weight
+    view = cut_output_vocab(d, 40)
+    assert view.get_output_embeddings().weight.shape == (40, head.shape[1])
+    assert view.get_output_embeddings().weight.data_ptr() == head.data_ptr()  # shared, not copied
+    assert d.get_output_embeddings().weight.shape == head.shape  # the model keeps its head
+    ids = torch.tensor([tm.GREEDY_PROMPT])
+    with torch.no_grad():
+        torch.testing.assert_close(view(ids).logits, d(ids).logits[..., :40])
+    assert cut_output_vocab(d, 10_000) is d
+    with pytest.raises(ValueError, match="draft_vocab applies to a drafter model"):
+        specdec.SpeculativeDecoder(tm.greedy_target(), specdec.PromptLookup(), method="sd", draft_vocab=8)
+
+
+@pytest.mark.parametrize("kw", [{"method": "sd", "gamma": 4}, {"method": "rsd_s", "width": 2, "depth": 3}],
+                         ids=["sd", "rsd_s"])  # fmt: skip
+def test_draft_vocab_keeps_greedy_output_and_drafts_only_kept_ids(kw, monkeypatch):
+    target, ids = tm.greedy_target(), torch.tensor([tm.GREEDY_PROMPT])
+    want = tm.hf_greedy(target, ids, 24)
+    drafts = _capture_drafts(monkeypatch)
+    res = specdec.SpeculativeDecoder(target, tm.greedy_drafter(), draft_vocab=40, **kw).generate(
+        ids, max_new_tokens=24, temperature=0.0)
+    assert torch.equal(res.sequences, want)
+    drafted = torch.cat(drafts)
+    assert drafted.numel() and int(drafted.max()) < 40 and res.stats.accepted > 0

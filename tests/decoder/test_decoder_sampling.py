@@ -81,6 +81,8 @@ FAST_CASES = [
     # x1 from the model and, when x1 occurred in the prompt, copies what followed it: a chain whose
     # rows are the drafter's q and then a point mass (the copied tail's draws asserted below)
     Case("model+lookup-sd-g3", {"method": "sd", "gamma": 3, "lookup": specdec.PromptLookup()}),
+    # the drafter scores ids 0..7 of 12 only (draft_vocab): the rest have q = 0
+    Case("sd-g3-draft-vocab-8", {"method": "sd", "gamma": 3, "draft_vocab": 8}),
 ]
 
 SLOW_ONLY_CASES = [
@@ -110,6 +112,7 @@ SLOW_ONLY_CASES = [
     # up on the emitted tokens; and copies under top-k / top-p, where a copied token may be cut away
     Case("model+lookup-sd-g3-copied-round", {"method": "sd", "gamma": 3, "lookup": specdec.PromptLookup()},
          prompt=LOOKUP_PROMPT, max_new_tokens=4),
+    Case("rsd_s-w3l2-draft-vocab-8", {"method": "rsd_s", "width": 3, "depth": 2, "draft_vocab": 8}),
     Case("model+lookup-sd-g3-T0.7-topk4-topp0.9",
          {"method": "sd", "gamma": 3, "lookup": specdec.PromptLookup()}, temperature=0.7, top_k=4,
          top_p=0.9),

@@ -121,6 +121,7 @@ EXACT_METHODS = [
     ("specinfer-2x2x1", "model", {"method": "specinfer", "branching": (2, 2, 1)}),
     ("rsd_c-2x2x1x1", "model", {"method": "rsd_c", "branching": (2, 2, 1, 1)}),
     ("rsd_s-w3l5", "model", {"method": "rsd_s", "width": 3, "depth": 5}),
+    ("sd-g3-beside-lookup", "model", {"method": "sd", "gamma": 3, "lookup": "n>=2"}),
     ("lookup-sd-g10", "lookup", {"method": "sd", "gamma": 10}),
     ("lookup-rsd_c-3x2x1x1", "lookup", {"method": "rsd_c", "branching": (3, 2, 1, 1)}),
 ]
@@ -149,6 +150,8 @@ def test_float32_greedy_equals_hf_for_every_method(real32):
         )
         for name, kind, kw in EXACT_METHODS:
             d = specdec.PromptLookup() if kind == "lookup" else drafter
+            if "lookup" in kw:
+                kw = {**kw, "lookup": specdec.PromptLookup(min_ngram=2)}
             res = specdec.SpeculativeDecoder(target, d, **kw).generate(
                 ids, max_new_tokens=n_new, temperature=0.0, eos_token_id=tok.eos_token_id
             )
@@ -203,6 +206,27 @@ def test_comparison_plumbing(tmp_path):
     compare.plot(summary, str(tmp_path / "c.png"), title="t")
     assert (tmp_path / "c.png").stat().st_size > 1000
     assert "hf_assisted" in compare.format_table(summary)
+    # the rows file gives the same summary back (real_model_speed.py --replot)
+    compare.write_csv(rows, str(tmp_path / "r.csv"), compare.COLUMNS)
+    again = compare.summarize(compare.read_rows(str(tmp_path / "r.csv")))
+    assert [(r["system"], r["same_as_hf"], r["prompts"]) for r in again] == [
+        (r["system"], r["same_as_hf"], r["prompts"]) for r in summary
+    ]
+    for a, b in zip(again, summary, strict=True):
+        assert a["median_tokens_per_s"] == pytest.approx(b["median_tokens_per_s"], rel=1e-5)
+
+
+def test_chart_has_a_colour_for_every_system(tmp_path):
+    from specdec import compare
+
+    rows = [
+        {"prompt_set": "heldout", "temperature": 0.0, "threads": 1, "system": s.name, "shape": s.shape,
+         "method": s.method or "generate", "drafter": s.drafter or "-", "median_speedup_vs_hf": 1.0 + i / 10,
+         "median_tokens_per_s": 30.0}
+        for i, s in enumerate(compare.SYSTEMS)
+    ]  # fmt: skip
+    compare.plot(rows, str(tmp_path / "c.png"), title="every system")
+    assert (tmp_path / "c.png").stat().st_size > 1000
 
 
 @needs_smollm2
