@@ -299,3 +299,21 @@ def test_cli_wraps_text_prompts_in_the_chat_template():
     raw = cli.build_inputs(argparse.Namespace(no_chat_template=True), "Hi there", tok, False, None)
     assert chat["input_ids"][0].tolist() == encode_chat(tok, "Hi there")
     assert raw["input_ids"][0].tolist() == tok("Hi there")["input_ids"]
+
+
+@needs_smollm2
+@pytest.mark.slow
+def test_draft_vocab_probe_smoke(tmp_path):
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
+    import draft_vocab_probe
+
+    out = tmp_path / "probe.csv"
+    argv = ["--prompts", "1", "--new-tokens", "8", "--sizes", "16384", "60000", "--steps", "3"]
+    argv += ["--out", str(out)]
+    assert draft_vocab_probe.main(argv) == 0
+    import csv
+
+    rows = list(csv.DictReader(out.open()))
+    assert [int(r["draft_vocab"]) for r in rows] == [16384, 49152]  # capped at the vocabulary
+    for r in rows:
+        assert 0 <= float(r["greedy_agreement"]) <= 1 and float(r["median_step_ms"]) > 0
