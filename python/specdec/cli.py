@@ -249,9 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
         "LLaVA (CPU, about 3 minutes)",
         description="First (--real, the default) the short real-model comparison: SmolLM2-135M in "
         "bfloat16 on 3 held-out and 2 repetition-heavy prompts x 64 tokens at temperatures 0 and 0.7, "
-        "decoded by HF generate, HF assisted generation with the same drafter, and specdec (ar; sd, sd "
-        "with prompt lookup beside the drafter and rsd_s with the distilled smollm2-drafter; prompt "
-        "lookup alone); a table of tokens/s and speed-up "
+        "decoded by HF generate, HF assisted generation with the same drafter, and specdec (ar; sd with "
+        "the distilled smollm2-drafter's head cut to 16384 ids, alone and with prompt lookup beside "
+        "it; rsd_s; prompt lookup alone); a table of tokens/s and speed-up "
         "over HF generate, real.csv, real_summary.csv and real.png in --out. Then (--lab, the default) "
         "the miniature lab: a fixed set of scene prompts with ar, sd (gamma 3 / 5, static / adaedl), "
         "specinfer 2x2, rsd_c 2-2 / 2-2-2 and rsd_s W3L2 / W4L3, each with the text-only and the image "

@@ -94,7 +94,7 @@ SYSTEMS: tuple[System, ...] = (
     System("lookup", "ours", "sd", "lookup", {"gamma": 10}),
     System("lookup_tree", "ours", "rsd_c", "lookup", {"branching": (3, 2, 1, 1, 1, 1, 1, 1)}),
 )
-DEMO_SYSTEMS = ("hf", "hf_assisted", "ar", "sd", "sd_lookup", "rsd_s", "lookup")
+DEMO_SYSTEMS = ("hf", "hf_assisted", "ar", "sd_v16k", "sd_lookup_v16k", "rsd_s", "lookup")
 
 #: What every row and summary line says about the run (machine, versions, setting).
 RUN_COLUMNS = [
