@@ -614,6 +614,30 @@ def _draft_shape(args: argparse.Namespace) -> str:
     return "-"
 
 
+def _check_before_loading(args: argparse.Namespace, prompt: str) -> None:
+    """What can be judged from the arguments alone, judged before a model is loaded (a target load
+    takes seconds here and minutes for a 7B model); the decoder repeats these checks for the API."""
+    if not prompt.strip():
+        raise UsageError("--prompt is empty: give the text to continue (or '-' to read it from stdin)")
+    if not 0 < args.top_p <= 1:
+        raise UsageError(f"--top-p must be in (0, 1] (1 = off), got {args.top_p}")
+    if args.top_k < 0:
+        raise UsageError(f"--top-k must be >= 0 (0 = off), got {args.top_k}")
+    if args.method in ("specinfer", "rsd_c") and not args.branching:
+        raise UsageError(f"--method {args.method} drafts a tree: give --branching, children per level, "
+                         "e.g. 2,2")
+    if args.method == "rsd_s" and (args.width is None or args.depth is None):
+        raise UsageError("--method rsd_s drafts a beam tree: give --width and --depth, e.g. --width 3 "
+                         "--depth 3")
+    if args.policy != "static" and args.method != "sd":
+        raise UsageError(f"--policy {args.policy} sets the chain length of --method sd, not {args.method}")
+    for role in ("target", "drafter"):
+        name = getattr(args, role)
+        # a path (not a short name or a hub id) that is not there: said before loading the other one
+        if name and name.startswith((".", "/", "~")) and not os.path.exists(os.path.expanduser(name)):
+            raise UsageError(f"{role} model not found: no such directory {name!r}")
+
+
 def cmd_generate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     if args.method != "ar" and not args.drafter:
         raise UsageError(f"--drafter is required with --method {args.method}")
@@ -623,6 +647,7 @@ def cmd_generate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> in
         raise UsageError("--lookup adds prompt lookup to a drafter model for --method sd "
                          f"(got --method {args.method} --drafter {args.drafter})")
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    _check_before_loading(args, prompt)
     device = _resolve_device(args.device)
     image = _open_image(args.image) if args.image else None  # before any model is loaded: fails fast
 

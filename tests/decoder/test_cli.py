@@ -294,7 +294,14 @@ ERRORS = {
     "no-drafter": (lambda p: ["generate", "--target", p["target"], "--prompt", "hi", "--device", "cpu"],
                    ["--drafter"]),
     "bad-branching": (lambda p: text_args(p, "--method", "rsd_c", "--branching", "2,x"), ["--branching"]),
-    "bad-top-p": (lambda p: text_args(p, "--top-p", "0", "--max-new-tokens", "2"), ["top_p"]),
+    "bad-top-p": (lambda p: text_args(p, "--top-p", "0", "--max-new-tokens", "2"), ["--top-p"]),
+    "top-p-above-1": (lambda p: text_args(p, "--top-p", "1.5"), ["--top-p", "1.5"]),
+    "bad-top-k": (lambda p: text_args(p, "--top-k", "-1"), ["--top-k"]),
+    "empty-prompt": (lambda p: text_args(p) + ["--prompt", "  "], ["--prompt", "empty"]),
+    "specinfer-without-branching": (lambda p: text_args(p, "--method", "specinfer"),
+                                    ["--branching", "specinfer"]),
+    "rsd_s-without-depth": (lambda p: text_args(p, "--method", "rsd_s", "--width", "2"),
+                            ["--width", "--depth"]),
     "lookup-on-tree": (lambda p: text_args(p, "--method", "rsd_c", "--branching", "2", "--lookup", "2"),
                        ["--lookup", "--method sd", "rsd_c"]),
     "lookup-on-lookup": (lambda p: text_args(p, "--lookup", "2") + ["--drafter", "prompt-lookup"],
@@ -315,6 +322,25 @@ def test_errors_exit_2_with_one_line(capsys, paths, case):
     for w in words:
         assert w in lines[0], (w, lines[0])
     assert out == ""
+
+
+# judged from the arguments alone: none of these may wait for a model to load
+BEFORE_LOADING = ["missing-target", "missing-drafter", "bad-top-p", "top-p-above-1", "bad-top-k",
+                  "empty-prompt", "rsd_c-without-branching", "specinfer-without-branching",
+                  "rsd_s-without-depth", "policy-on-tree", "lookup-on-tree", "lookup-on-lookup"]
+
+
+@pytest.mark.parametrize("case", BEFORE_LOADING)
+def test_argument_errors_come_before_any_model_loads(capsys, paths, case, monkeypatch):
+    def no_loading(*a, **k):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(cli, "_load_model", no_loading)
+    make, words = ERRORS[case]
+    rc, out, err = run(capsys, *make(paths))
+    assert rc == 2 and "Traceback" not in err, err
+    for w in words:
+        assert w in err, (w, err)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")
