@@ -631,6 +631,9 @@ def _check_before_loading(args: argparse.Namespace, prompt: str) -> None:
                          "--depth 3")
     if args.policy != "static" and args.method != "sd":
         raise UsageError(f"--policy {args.policy} sets the chain length of --method sd, not {args.method}")
+    if args.lookup is not None and (args.method != "sd" or args.drafter in LOOKUP_NAMES):
+        raise UsageError("--lookup adds prompt lookup to a drafter model for --method sd "
+                         f"(got --method {args.method} --drafter {args.drafter})")
     for role in ("target", "drafter"):
         name = getattr(args, role)
         # a path (not a short name or a hub id) that is not there: said before loading the other one
@@ -643,9 +646,6 @@ def cmd_generate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> in
         raise UsageError(f"--drafter is required with --method {args.method}")
     if args.temperature < 0:
         raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
-    if args.lookup is not None and (args.method != "sd" or args.drafter in LOOKUP_NAMES):
-        raise UsageError("--lookup adds prompt lookup to a drafter model for --method sd "
-                         f"(got --method {args.method} --drafter {args.drafter})")
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     _check_before_loading(args, prompt)
     device = _resolve_device(args.device)

@@ -91,20 +91,14 @@ class PromptLookup:
 
     def chain(self, idx: NgramIndex, max_len: int) -> list[int]:
         """Up to ``max_len`` tokens that followed the longest, most recent match ([] when none)."""
-        toks = idx.tokens
-        for n in range(min(self.max_ngram, len(toks) - 1), self.min_ngram - 1, -1):
-            for p in idx.matches(n):
-                if p < len(toks):
-                    return toks[p : p + max_len]
-        return []
+        return self.chain_after(idx, (), max_len)
 
     def chain_after(self, idx: NgramIndex, drafted: Sequence[int], max_len: int) -> list[int]:
         """:meth:`chain` for the context followed by ``drafted`` (tokens not committed yet): the
-        longest suffix reaching into ``drafted`` is looked up among the committed text only."""
+        longest suffix reaching into ``drafted`` is looked up among the committed text only (its
+        occurrence at the very end, when ``drafted`` is empty, is no match)."""
         if max_len <= 0:
             return []
-        if not drafted:
-            return self.chain(idx, max_len)
         toks = idx.tokens
         d = list(drafted)
         for n in range(min(self.max_ngram, len(toks) + len(d) - 1), self.min_ngram - 1, -1):

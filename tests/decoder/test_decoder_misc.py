@@ -406,6 +406,8 @@ def test_cut_output_vocab_is_a_view_and_leaves_the_model_alone():
     with torch.no_grad():
         torch.testing.assert_close(view(ids).logits, d(ids).logits[..., :40])
     assert cut_output_vocab(d, 10_000) is d
+    with pytest.raises(ValueError, match="output layer is an nn.Linear"):
+        cut_output_vocab(torch.nn.Linear(4, 4), 2)  # no output embeddings to cut
     with pytest.raises(ValueError, match="draft_vocab applies to a drafter model"):
         specdec.SpeculativeDecoder(tm.greedy_target(), specdec.PromptLookup(), method="sd", draft_vocab=8)
 
