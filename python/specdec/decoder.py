@@ -1,5 +1,5 @@
 """The speculative decoder: draft, verify the whole chain or tree in ONE target forward, roll back or
-compact both KV caches, repeat (ALGORITHMS.md §1-4, 6, 8). Exact for every method: the emitted
+compact both KV caches, repeat (docs/algorithms.md §1-4, 6, 8). Exact for every method: the emitted
 tokens follow the target's law under the requested temperature / top-k / top-p, and at temperature 0
 they equal the target's greedy decoding."""
 

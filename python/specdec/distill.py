@@ -1,4 +1,4 @@
-"""Distil a small same-tokenizer drafter from a real target (ALGORITHMS.md §7), on CPU.
+"""Distil a small same-tokenizer drafter from a real target (docs/algorithms.md §7), on CPU.
 
     python -m specdec.distill --out DIR            # smollm2-135m -> DIR (about an hour on 2 cores)
 

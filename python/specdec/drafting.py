@@ -20,7 +20,7 @@ from .models import SequenceCache
 
 
 class Sampler:
-    """Temperature / top-k / top-p, applied identically to target and drafter (ALGORITHMS.md §1),
+    """Temperature / top-k / top-p, applied identically to target and drafter (docs/algorithms.md §1),
     and the Philox stream of one generate call. Temperature 0 means greedy."""
 
     def __init__(self, temperature: float, top_k: int, top_p: float, seed: int) -> None:

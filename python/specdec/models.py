@@ -67,7 +67,7 @@ def count_parameters(model: nn.Module) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
-# The compact LLaVA drafter (ALGORITHMS.md §8): a small LM plus a small projector that reads the
+# The compact LLaVA drafter (docs/algorithms.md §8): a small LM plus a small projector that reads the
 # TARGET's vision features, so the drafter needs no vision tower of its own.
 # ----------------------------------------------------------------------------------------------
 

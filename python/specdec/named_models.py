@@ -35,6 +35,8 @@ class NamedModel:
     name: str
     description: str
     resolve: Callable[[], str]
+    #: "text" (a causal LM) or "llava" (takes images): lets the CLI judge --image before loading
+    kind: str = "text"
 
 
 def cache_root() -> str:
@@ -131,6 +133,27 @@ def _smollm2_drafter() -> str:
     return path
 
 
+def _lab(which: str) -> Callable[[], str]:
+    """A miniature-lab model shipped in this package (specdec/lab/weights)."""
+
+    def resolve() -> str:
+        from .lab import demo
+        from .lab import models as lab_models
+
+        root = lab_models.weights_dir()
+        name = demo.text_drafter_name(root) if which == "text" else which
+        path = os.path.join(root, name)
+        if not os.path.isfile(os.path.join(path, "config.json")) and not os.path.isdir(
+            os.path.join(path, "language_model")
+        ):
+            raise FileNotFoundError(
+                f"lab-{which}: {path} holds no weights (train them with: python -m specdec.lab.train)"
+            )
+        return path
+
+    return resolve
+
+
 NAMED_MODELS: dict[str, NamedModel] = {
     m.name: m
     for m in (
@@ -144,6 +167,25 @@ NAMED_MODELS: dict[str, NamedModel] = {
             "a 10.6M-parameter drafter distilled from smollm2-135m (shipped in this package)",
             _smollm2_drafter,
         ),
+        NamedModel(
+            "lab-target",
+            "the miniature lab's tiny LLaVA (0.58M parameters, 64-word vocabulary), trained on drawn "
+            "scenes; ask it about an image from `python -m specdec.lab.scenes`",
+            _lab("target"),
+            kind="llava",
+        ),
+        NamedModel(
+            "lab-drafter",
+            "the lab's compact LLaVA drafter (0.1M parameters: a 2-layer LM reading the target's "
+            "image features)",
+            _lab("image"),
+            kind="llava",
+        ),
+        NamedModel(
+            "lab-text-drafter",
+            "the lab's text-only drafter (the same LM without the image), distilled with TVD++",
+            _lab("text"),
+        ),
     )
 }
 ALIASES = {"smollm2": "smollm2-135m"}
@@ -153,9 +195,14 @@ def is_named(name: str) -> bool:
     return isinstance(name, str) and (name in NAMED_MODELS or name in ALIASES)
 
 
+def entry(name: str) -> NamedModel:
+    """The :class:`NamedModel` of a name or alias (KeyError if unknown)."""
+    return NAMED_MODELS[ALIASES.get(name, name)]
+
+
 def resolve(name_or_path: str) -> str:
     """A local directory for ``name_or_path``: a named model's folder (converted and cached on first
     use), or ``name_or_path`` itself when it is not a known name."""
     if not is_named(name_or_path):
         return name_or_path
-    return NAMED_MODELS[ALIASES.get(name_or_path, name_or_path)].resolve()
+    return entry(name_or_path).resolve()

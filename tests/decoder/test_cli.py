@@ -308,6 +308,12 @@ ERRORS = {
                          ["--lookup", "prompt-lookup"]),
     "bad-lookup": (lambda p: text_args(p, "--lookup", "0"), ["--lookup"]),
     "bad-draft-vocab": (lambda p: text_args(p, "--draft-vocab", "-1"), ["--draft-vocab"]),
+    "folder-not-a-model": (lambda p: text_args(p) + ["--drafter", p["root"]], ["drafter", "config.json"]),
+    "hub-name-not-cached": (lambda p: text_args(p) + ["--drafter", "nobody/no-such-model-xyz"],
+                            ["drafter", "nobody/no-such-model-xyz", "--download"]),
+    "image-to-named-text-target": (lambda p: ["generate", "--target", "smollm2-135m", "--drafter",
+                                              "smollm2-drafter", "--prompt", "hi", "--image", p["png"]],
+                                   ["--image", "text-only", "smollm2-135m"]),
 }
 
 
@@ -327,7 +333,9 @@ def test_errors_exit_2_with_one_line(capsys, paths, case):
 # judged from the arguments alone: none of these may wait for a model to load
 BEFORE_LOADING = ["missing-target", "missing-drafter", "bad-top-p", "top-p-above-1", "bad-top-k",
                   "empty-prompt", "rsd_c-without-branching", "specinfer-without-branching",
-                  "rsd_s-without-depth", "policy-on-tree", "lookup-on-tree", "lookup-on-lookup"]
+                  "rsd_s-without-depth", "policy-on-tree", "lookup-on-tree", "lookup-on-lookup",
+                  "folder-not-a-model", "hub-name-not-cached", "image-to-text-target",
+                  "image-to-named-text-target"]
 
 
 @pytest.mark.parametrize("case", BEFORE_LOADING)

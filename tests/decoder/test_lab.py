@@ -219,3 +219,80 @@ def test_train_all_refuses_a_missing_target_dir(tmp_path):
     with pytest.raises(FileNotFoundError, match="target_dir"):
         train.train_all(str(tmp_path / "out"), train.Schedule.quick(), log=lambda *_: None,
                         target_dir=str(tmp_path / "no_target"))  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------
+# `specdec generate` on the shipped lab models: the target folder carries a Hugging Face processor
+# equivalent to the lab's own tokenizer and pixels, and the lab models have names.
+# ----------------------------------------------------------------------------------------------
+
+
+def _upscaled(img: np.ndarray, k: int = 4) -> np.ndarray:
+    return np.repeat(np.repeat(img, k, axis=0), k, axis=1)  # what `specdec demo` saves as scene.png
+
+
+@pytest.mark.parametrize("source", ["built", "shipped"])
+def test_lab_processor_equals_the_lab_pipeline(source):
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    proc = lab_models.build_processor() if source == "built" else AutoProcessor.from_pretrained(
+        os.path.join(SHIPPED, "target"), local_files_only=True)  # fmt: skip
+    for ex in scenes.examples(21, 6):
+        img = scenes.render(ex.scene)
+        msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": ex.question}]}]
+        text = proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        for pixels in (img, _upscaled(img)):
+            enc = proc(images=Image.fromarray(pixels), text=text, return_tensors="pt")
+            assert enc["input_ids"][0].tolist() == scenes.prompt_ids(ex.question), ex.question
+            assert torch.equal(enc["pixel_values"], scenes.pixel_values([img]))
+        assert proc.tokenizer.decode(scenes.answer_ids(ex.answer), skip_special_tokens=True) == ex.answer
+    # what a user types: capitals and punctuation attached to words
+    assert proc.tokenizer("Describe the image.")["input_ids"] == [scenes.BOS_ID] + scenes._TOKENIZER.encode(
+        "describe the image ."
+    )
+
+
+def test_lab_models_have_names():
+    from specdec import named_models
+    from specdec.lab import demo
+
+    assert named_models.resolve("lab-target") == os.path.join(SHIPPED, "target")
+    assert named_models.resolve("lab-drafter") == os.path.join(SHIPPED, "image")
+    assert named_models.resolve("lab-text-drafter") == os.path.join(SHIPPED, demo.text_drafter_name(SHIPPED))
+
+
+@pytest.mark.usefixtures("restore_offline_mode")
+@pytest.mark.parametrize("drafter", ["lab-drafter", "lab-text-drafter"])
+def test_specdec_generate_runs_the_shipped_lab_models(tmp_path, capsys, drafter):
+    """The README's example: a scene from `python -m specdec.lab.scenes`, then `specdec generate` on it;
+    the greedy answer is the lab target's own greedy decoding of the lab's prompt."""
+    from specdec import SpeculativeDecoder, cli
+
+    png = str(tmp_path / "scene.png")
+    assert scenes.main([png, "--seed", "3"]) == 0
+    truth = capsys.readouterr().out
+    scene = scenes.sample_scene(np.random.default_rng(3))
+    assert scene.describe() in truth
+
+    rc = cli.main(["generate", "--target", "lab-target", "--drafter", drafter, "--image", png,
+                   "--prompt", "Describe the image.", "--temperature", "0", "--json"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    got = json.loads(out)
+
+    target = lab_models.load("target")
+    ids = torch.tensor([scenes.prompt_ids("describe the image .")])
+    ref = SpeculativeDecoder(target, None, method="ar").generate(
+        ids, pixel_values=scenes.pixel_values([scenes.render(scene)]), max_new_tokens=64,
+        eos_token_id=scenes.EOS_ID)  # fmt: skip
+    expect = scenes.Tokenizer().decode(ref.sequences[0, ids.shape[1]:].tolist())
+    assert got["text"] == expect
+    assert got["stats"]["accepted"] > 0 and got["stats"]["new_tokens"] >= len(expect.split())
+
+
+def test_scene_cli_errors(tmp_path):
+    with pytest.raises(SystemExit):
+        scenes.main([str(tmp_path / "x.png"), "--seed", "-1"])
+    with pytest.raises(SystemExit):
+        scenes.main([str(tmp_path / "no_such_dir" / "x.png")])

@@ -98,12 +98,15 @@ def test_run_demo_subset_writes_files_and_sane_rows(weights, tmp_path):
         assert list(r) == list(demo.COLUMNS)
         assert r["prompts"] == 1 and 1 <= r["new_tokens"] <= 12 and r["rounds"] >= 1
         assert r["tau"] >= 1.0 and r["mbsu"] > 0 and r["tokens_per_s"] > 0
-        assert 0.0 <= r["acceptance_rate"] <= 1.0
+        ar = next(a for a in rows if a["method"] == "ar" and a["temperature"] == r["temperature"])
+        assert r["speedup"] == pytest.approx(r["tokens_per_s"] / ar["tokens_per_s"])
         if r["method"] == "ar":
             assert r["tau"] == 1.0 and r["mbsu"] == 1.0 and r["drafter"] == "-"
             assert r["rounds"] == r["new_tokens"]
+            assert r["acceptance_rate"] is None and r["speedup"] == 1.0  # nothing is drafted
         else:
             assert r["mbsu"] <= r["tau"] and 0 < r["param_ratio"] < 1
+            assert 0.0 <= r["acceptance_rate"] <= 1.0
     assert [(r["shape"], r["drafter"], r["policy"]) for r in rows[:3]] == [
         ("-", "-", "-"),
         ("γ=3", "text", "static"),
@@ -114,6 +117,8 @@ def test_run_demo_subset_writes_files_and_sane_rows(weights, tmp_path):
         table = list(csv.DictReader(f))
     assert len(table) == 6 and list(table[0]) == list(demo.COLUMNS)
     assert float(table[1]["tau"]) == pytest.approx(rows[1]["tau"], rel=1e-5)
+    assert table[0]["acceptance_rate"] == "n/a" and float(table[0]["speedup"]) == 1.0
+    assert float(table[1]["speedup"]) == pytest.approx(rows[1]["speedup"], rel=1e-5)
     with Image.open(os.path.join(out, "demo.png")) as im:
         im.load()
         assert im.width > 400 and im.height > 200
@@ -121,6 +126,8 @@ def test_run_demo_subset_writes_files_and_sane_rows(weights, tmp_path):
         assert im.size == (144, 144)
 
     text = "\n".join(lines)
+    ar_line = next(ln for ln in text.splitlines() if ln.startswith("ar "))
+    assert " n/a " in ar_line and "1.00x" in ar_line  # accept does not apply; speed-up is the baseline
     truth = demo.prompt_set(1)[0].scene.describe()
     assert truth in text and "rsd_s" in text and "greedy" in text
     assert "identical" in text  # every greedy run decodes the target's greedy answer
@@ -139,7 +146,10 @@ def test_run_demo_without_greedy_runs_still_shows_an_answer(weights, tmp_path):
         log=lambda *a: lines.append(str(a)),
     )
     assert len(rows) == 1 and rows[0]["temperature"] == 0.7
+    assert rows[0]["speedup"] is None  # no ar row to compare with
     assert any("greedy:" in ln for ln in lines)
+    assert any("n/a" in ln for ln in lines)  # the table says so, and the chart was drawn without one
+    assert os.path.isfile(tmp_path / "demo.png")
 
 
 def test_cli_demo_full_grid_json(weights, tmp_path, capsys):

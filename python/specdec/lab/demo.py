@@ -36,12 +36,15 @@ DEFAULT_PROMPTS = 12
 #: Seed of the prompt set: away from the training seeds (0.., 500_000.., 7_000_000.., 9_000_000..) so
 #: the scenes are held out in spirit (the scene space is small, so some repeat by chance).
 PROMPT_SEED = 31_337_000
-#: CSV columns, in order (the first 12 as specified; draft_depth / param_ratio / wall_s let MBSU and
-#: tokens/s be recomputed).
+#: CSV columns, in order (draft_depth / param_ratio / wall_s let MBSU and tokens/s be recomputed).
+#: ``speedup`` is tokens/s over ar's at the same temperature (measured, unlike tau and MBSU, which
+#: count forwards); a value that does not apply (ar's acceptance, a speed-up without an ar row) is
+#: None in the rows and "n/a" in the CSV and the table.
 COLUMNS = (
     "method", "shape", "drafter", "policy", "temperature", "tau", "mbsu", "acceptance_rate",
-    "tokens_per_s", "new_tokens", "rounds", "prompts", "draft_depth", "param_ratio", "wall_s",
+    "tokens_per_s", "speedup", "new_tokens", "rounds", "prompts", "draft_depth", "param_ratio", "wall_s",
 )  # fmt: skip
+NOT_APPLICABLE = "n/a"
 #: Text drafter used when the weights dir has no metrics.json naming the TVD++ variant that won.
 FALLBACK_TEXT_DRAFTER = "tvdpp_vocab"
 
@@ -166,8 +169,10 @@ class _Totals:
             "temperature": float(temperature),
             "tau": tau,
             "mbsu": tau / (self.param_ratio * depth + 1),
-            "acceptance_rate": self.accepted / self.depth_sum if self.depth_sum else 0.0,
+            "acceptance_rate": None if cfg.method == "ar" else (
+                self.accepted / self.depth_sum if self.depth_sum else 0.0),
             "tokens_per_s": self.new_tokens / self.wall_s if self.wall_s > 0 else 0.0,
+            "speedup": None,  # set by add_speedups once every row of the temperature is in
             "new_tokens": self.new_tokens,
             "rounds": self.rounds,
             "prompts": prompts,
@@ -175,6 +180,15 @@ class _Totals:
             "param_ratio": self.param_ratio,
             "wall_s": self.wall_s,
         }
+
+
+def add_speedups(rows: Sequence[dict]) -> None:
+    """Set each row's ``speedup``: its tokens/s over the ar row's at the same temperature (None
+    without one)."""
+    ar = {r["temperature"]: r["tokens_per_s"] for r in rows if r["method"] == "ar"}
+    for r in rows:
+        base = ar.get(r["temperature"])
+        r["speedup"] = r["tokens_per_s"] / base if base else None
 
 
 def _progress(enabled: bool | None, total: int):
@@ -279,6 +293,7 @@ def run_demo(
         )
         showcase[configs[0]] = res.sequences[0, ids.shape[1] :].tolist()
 
+    add_speedups(rows)
     os.makedirs(out_dir, exist_ok=True)
     paths = {
         k: os.path.join(out_dir, f)
@@ -331,7 +346,8 @@ def write_csv(rows: Sequence[dict], path: str) -> None:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else NOT_APPLICABLE if v is None else v)
+                        for k, v in r.items()})
 
 
 def format_table(rows: Sequence[dict]) -> str:
@@ -341,10 +357,12 @@ def format_table(rows: Sequence[dict]) -> str:
         ("policy", "policy", str), ("temperature", "T", lambda v: f"{v:g}"),
         ("tau", "tau", lambda v: f"{v:.3f}"),
         ("acceptance_rate", "accept", lambda v: f"{v:.3f}"), ("mbsu", "mbsu", lambda v: f"{v:.3f}"),
-        ("tokens_per_s", "tok/s", lambda v: f"{v:.0f}"), ("new_tokens", "tokens", str),
-        ("rounds", "rounds", str),
+        ("tokens_per_s", "tok/s", lambda v: f"{v:.0f}"), ("speedup", "vs ar", lambda v: f"{v:.2f}x"),
+        ("new_tokens", "tokens", str), ("rounds", "rounds", str),
     ]  # fmt: skip
-    cells = [[h for _, h, _ in cols]] + [[f(r[k]) for k, _, f in cols] for r in rows]
+    cells = [[h for _, h, _ in cols]] + [
+        [NOT_APPLICABLE if r.get(k) is None else f(r[k]) for k, _, f in cols] for r in rows
+    ]
     widths = [max(len(c[j]) for c in cells) for j in range(len(cols))]
     lines = []
     for c in cells:
@@ -357,7 +375,10 @@ _COLOURS = {"text": (70, 110, 200), "image": (230, 140, 40), "-": (140, 140, 140
 
 
 def plot(rows: Sequence[dict], path: str, *, title: str = "specdec demo") -> None:
-    """Horizontal bars of tau per run, one panel per temperature, coloured by drafter (pillow only).
+    """Per temperature, two bar panels side by side, coloured by drafter (pillow only): tau (tokens per
+    target forward, with MBSU) and the measured speed-up in tokens/s over ar. Both are shown because
+    they disagree: tau counts forwards, and on these tiny models a drafter forward costs nearly what a
+    target forward does, so a tau of 3 can still be slower than plain decoding.
 
     Labels are ASCII: pillow's built-in font has no Greek letters."""
     from PIL import Image, ImageDraw, ImageFont
@@ -368,39 +389,48 @@ def plot(rows: Sequence[dict], path: str, *, title: str = "specdec demo") -> Non
         font = big = ImageFont.load_default()
     temps = sorted({r["temperature"] for r in rows})
     panels = [[r for r in rows if r["temperature"] == t] for t in temps]
-    row_h, left, bar_w, top = 20, 250, 560, 70
-    width = left + bar_w + 150
+    row_h, left, tau_w, gap, sp_w, top = 20, 250, 360, 120, 260, 88
+    sp_left = left + tau_w + gap
+    width = sp_left + sp_w + 90
     height = top + sum(30 + row_h * len(p) + 15 for p in panels) + 25
     tau_max = max(2.0, max(r["tau"] for r in rows))
-    scale = bar_w / (int(tau_max) + 1)
+    tau_scale = tau_w / (int(tau_max) + 1)
+    speedups = [r["speedup"] for r in rows if r.get("speedup") is not None]
+    sp_max = max([1.5] + speedups)
+    sp_step = 0.5 if sp_max <= 3 else 1.0
+    sp_ticks = int(sp_max / sp_step) + 1
+    sp_scale = sp_w / (sp_ticks * sp_step)
 
     img = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(img)
     d.text((10, 8), title, font=big, fill="black")
-    d.text(
-        (10, 32),
-        "tau = tokens per target forward (block efficiency); label after a bar: tau, MBSU",
-        font=font,
-        fill=(60, 60, 60),
-    )
+    d.text((10, 32), "left: tau = tokens per target forward (after a bar: tau, MBSU); right: measured "
+           "speed-up, tokens/s over ar (1.0 = plain decoding)", font=font, fill=(60, 60, 60))
     x = left
     for name, col in (
         ("text-only drafter", _COLOURS["text"]),
         ("image drafter", _COLOURS["image"]),
         ("target alone (ar)", _COLOURS["-"]),
     ):
-        d.rectangle((x, 52, x + 12, 64), fill=col)
-        d.text((x + 17, 51), name, font=font, fill="black")
+        d.rectangle((x, 54, x + 12, 66), fill=col)
+        d.text((x + 17, 53), name, font=font, fill="black")
         x += 30 + int(d.textlength(name, font=font))
     y = top
     for t, panel in zip(temps, panels, strict=True):
         d.text((10, y + 6), f"temperature {t:g}" + (" (greedy)" if t == 0 else ""), font=big, fill="black")
+        d.text((left, y + 8), "tau (block efficiency)", font=font, fill=(60, 60, 60))
+        d.text((sp_left, y + 8), "speed-up in tokens/s vs ar", font=font, fill=(60, 60, 60))
         y0 = y + 30
         y1 = y0 + row_h * len(panel)
         for k in range(int(tau_max) + 2):  # integer gridlines; tau = 1 is the ar baseline
-            gx = left + int(k * scale)
+            gx = left + int(k * tau_scale)
             d.line((gx, y0 - 4, gx, y1), fill=(120, 120, 120) if k == 1 else (225, 225, 225), width=1)
             d.text((gx - 3, y1 + 1), str(k), font=font, fill=(90, 90, 90))
+        for k in range(sp_ticks + 1):
+            v = k * sp_step
+            gx = sp_left + int(v * sp_scale)
+            d.line((gx, y0 - 4, gx, y1), fill=(120, 120, 120) if v == 1 else (225, 225, 225), width=1)
+            d.text((gx - 6, y1 + 1), f"{v:g}", font=font, fill=(90, 90, 90))
         for j, r in enumerate(panel):
             ry = y0 + j * row_h
             shape = r["shape"].replace("γ=", "gamma=")
@@ -409,11 +439,18 @@ def plot(rows: Sequence[dict], path: str, *, title: str = "specdec demo") -> Non
                 label += f" {r['policy']}"
             if r["drafter"] != "-":
                 label += f"  [{r['drafter']}]"
+            colour = _COLOURS.get(r["drafter"], "grey")
             d.text((left - 8 - d.textlength(label, font=font), ry + 3), label, font=font, fill="black")
-            bx = left + int(r["tau"] * scale)
-            d.rectangle(
-                (left, ry + 3, max(bx, left + 1), ry + row_h - 3), fill=_COLOURS.get(r["drafter"], "grey")
-            )
+            bx = left + int(r["tau"] * tau_scale)
+            d.rectangle((left, ry + 3, max(bx, left + 1), ry + row_h - 3), fill=colour)
             d.text((bx + 6, ry + 3), f"{r['tau']:.2f}  ({r['mbsu']:.2f})", font=font, fill="black")
+            sp = r.get("speedup")
+            if sp is None:
+                d.text((sp_left + 6, ry + 3), NOT_APPLICABLE, font=font, fill=(90, 90, 90))
+                continue
+            sx = sp_left + int(sp * sp_scale)
+            d.rectangle((sp_left, ry + 3, max(sx, sp_left + 1), ry + row_h - 3), fill=colour)
+            d.text((sx + 6, ry + 3), f"{sp:.2f}x", font=font,
+                   fill=(20, 120, 40) if sp > 1 else (180, 30, 30) if sp < 1 else "black")
         y = y1 + 30
     img.save(path)

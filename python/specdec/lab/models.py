@@ -94,6 +94,53 @@ def build_image_drafter(text_drafter, target) -> CompactLlavaDrafter:
     return out
 
 
+#: A user turn as the lab's prompts read: ``<image> question <sep>`` (BOS comes from the tokenizer).
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image> {% endif %}{% endfor %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %} <sep>{% endif %}"
+)
+
+
+def build_processor():
+    """A Hugging Face ``LlavaProcessor`` equivalent to :mod:`scenes`' own tokenizer and pixels, so the
+    shipped target loads with ``AutoProcessor`` like any llava-hf checkpoint (``specdec generate``).
+
+    Word-level over :data:`scenes.VOCAB`, lower-cased, punctuation split off ("image." reads as
+    "image ."), BOS prepended; images resized to 36x36 and scaled to [-1, 1]; ``<image>`` expands to
+    the 9 patch features (CLS dropped). Tested token for token and pixel for pixel against
+    :func:`scenes.prompt_ids` and :func:`scenes.pixel_values`."""
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers import models as tok_models
+
+    tf = _tf()
+    core = Tokenizer(tok_models.WordLevel({w: i for i, w in enumerate(scenes.VOCAB)}, unk_token="<unk>"))
+    core.normalizer = normalizers.Lowercase()
+    core.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    )
+    core.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", scenes.BOS_ID)]
+    )
+    core.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # words joined by single spaces
+    tokenizer = tf.PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+        additional_special_tokens=["<image>", "<sep>"],
+    )  # fmt: skip
+    size = scenes.IMAGE_SIZE
+    images = tf.CLIPImageProcessor(
+        do_resize=True, size={"height": size, "width": size}, do_center_crop=False, do_rescale=True,
+        rescale_factor=1 / 255, do_normalize=True, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+        do_convert_rgb=True, resample=0,  # nearest: demo's 144 px scene.png (4x nearest) maps back exactly
+    )  # fmt: skip
+    return tf.LlavaProcessor(
+        image_processor=images, tokenizer=tokenizer, patch_size=scenes.CELL,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1, image_token="<image>",
+        chat_template=CHAT_TEMPLATE,
+    )  # fmt: skip
+
+
 def load(name: str = "target", *, path: str | None = None, dtype: torch.dtype = torch.float32):
     """Load the shipped target (``name="target"``) or one of :data:`DRAFTERS`, in eval mode."""
     root = path or weights_dir()

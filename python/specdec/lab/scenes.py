@@ -265,3 +265,30 @@ def batch(exs: Sequence[Example], *, with_answer: bool = True) -> dict[str, torc
         "labels": lab,
         "pixel_values": pixel_values([render(e.scene) for e in exs]),
     }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m specdec.lab.scenes FILE.png``: draw a scene for ``specdec generate --target lab-target``
+    and print what the lab target should answer about it."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m specdec.lab.scenes", description=main.__doc__.split("\n")[0])
+    ap.add_argument("out", metavar="FILE.png", help="where to write the 36x36 image")
+    ap.add_argument("--seed", type=int, default=0, help="which scene (default: 0)")
+    args = ap.parse_args(argv)
+    if args.seed < 0:
+        ap.error(f"--seed must be >= 0, got {args.seed}")
+    from PIL import Image
+
+    scene = sample_scene(np.random.default_rng(args.seed))
+    try:
+        Image.fromarray(render(scene)).save(args.out)
+    except (OSError, ValueError) as e:
+        ap.error(f"cannot write {args.out!r}: {e}")
+    print(f"wrote {args.out}: {len(scene.objects)} shape(s) on a 3x3 grid")
+    print(f"ground truth for 'describe the image.': {scene.describe()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """Train the miniature lab's models on CPU: ``python -m specdec.lab.train --out DIR`` (minutes).
 
-Steps (ALGORITHMS.md §7-8, small):
+Steps (docs/algorithms.md §7-8, small):
 1. the target (tiny LLaVA) learns the scene task: cross-entropy on the answers, fresh scenes every step;
 2. the text-only drafter is pretrained on the captions' language without the images: the
    "describe" prompts and their ground-truth captions only (image tokens dropped), so the other
@@ -312,10 +312,12 @@ def train_all(
         metrics["target_loss"] = _tail(train_target(target, sched, log))
         _save(target, os.path.join(out, "target"))
         target_dir = os.path.join(out, "target")
+        lab_models.build_processor().save_pretrained(target_dir)  # `specdec generate` loads it
     elif os.path.abspath(target_dir) != os.path.abspath(os.path.join(out, "target")):
         if not os.path.isdir(target_dir):
             raise FileNotFoundError(f"target_dir {target_dir!r}: no such directory")
         _save(lab_models.load_target(target_dir), os.path.join(out, "target"))
+        lab_models.build_processor().save_pretrained(os.path.join(out, "target"))
     # The teacher is the target as shipped (float16 weights, float32 arithmetic), not the one in memory.
     target = lab_models.load_target(target_dir, dtype=torch.float32)
     metrics["target_accuracy"] = answer_accuracy(target)
