@@ -3,7 +3,7 @@
     python benchmarks/cpu_speed.py                      # full run (a few minutes) -> benchmarks/results/
     python benchmarks/cpu_speed.py --quick --out /tmp   # one small shape per op, seconds (a smoke test)
     python benchmarks/cpu_speed.py --ops verify_chain,sampling_probs
-    python benchmarks/cpu_speed.py --markdown benchmarks/results/cpu-speed-X.csv   # the README's tables
+    python benchmarks/cpu_speed.py --markdown benchmarks/results/cpu-speed-X.csv  # docs/benchmarks.md
 
 Goals, measured side by side on the same machine in the same run (medians of single calls timed
 with time.perf_counter, after a warm-up; the things compared are interleaved call by call, so load
@@ -590,7 +590,7 @@ def write_csv(rows: list[dict[str, Any]], path: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# Markdown summary (from the CSV, so the README's tables are backed by a file)
+# Markdown summary (from the CSV, so the tables of docs/benchmarks.md are backed by a file)
 
 
 def _label(r: dict[str, str]) -> str:

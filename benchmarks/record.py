@@ -2,7 +2,7 @@
 
     python -m pytest benchmarks --benchmark-json=bench.json
     python benchmarks/record.py bench.json            # -> benchmarks/results/<device>-<date>-<commit>.csv
-    python benchmarks/record.py --markdown benchmarks/results/X.csv   # the README's tables
+    python benchmarks/record.py --markdown benchmarks/results/X.csv   # the tables of docs/benchmarks.md
 
 Times are per op call: CUDA-graph benchmarks time ``calls_per_round`` calls per round (see
 benchmarks/conftest.py), so their median and IQR are divided by it here. ``gbps`` is the bytes

@@ -55,7 +55,7 @@ def test_quick_run_writes_a_complete_csv(tmp_path, capsys) -> None:
         assert r["pass"] in ("yes", "no") and r["target"][:2] in ("<=", ">="), r
         assert r["copy_gbps"] == rows[0]["copy_gbps"] and r["device"] and r["commit"], r
     assert {r["threads"] for r in ops if r["goal"] == "4"} == {"2"}
-    # the summary printed by the run is the one re-printed from the file (README tables come from files)
+    # the summary printed by the run is the one re-printed from the file (tables come from files)
     assert cs.markdown(str(out)) == printed
     for goal in ("Goal 1", "Goal 2", "Goal 3", "Goal 4"):
         assert goal in printed

@@ -16,7 +16,7 @@ block efficiency tau = E[num_accepted + 1] (tokens per target forward), averaged
     python benchmarks/tree_block_efficiency.py               # prints a markdown table, writes a CSV
     python benchmarks/tree_block_efficiency.py --rounds 2000  # quicker
 
-Results land in benchmarks/results/tree-block-efficiency-<commit>.csv (README "Tree verification").
+Results land in benchmarks/results/tree-block-efficiency-<commit>.csv (docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import torch
 BACKENDS = ("reference", "cpu", "triton", "cuda")
 
 # Fastest measured backend per op on CUDA tensors (H100, benchmarks/results/
-# nvidia-h100-80gb-hbm3-2026-11-22-a073ef5.csv; README "Backends" has the numbers):
+# nvidia-h100-80gb-hbm3-2026-11-22-a073ef5.csv; numbers in docs/benchmarks.md):
 #   verify_chain         cuda   (7.6 vs 9.1 us at B=16 K=5 V=32000; 44 vs 76 us at B=64 K=8 V=128256)
 #   verify_chain_greedy  triton (5.9 vs 9.1 us at B=16 K=5 V=32000; 100 vs 111 us at B=64 K=8 V=128256)
 #   sampling_probs       cuda   (top-k 44 vs 84 us, temperature-only equal or faster; triton is 2x

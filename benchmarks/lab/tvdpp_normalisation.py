@@ -1,4 +1,4 @@
-"""Which TVD++ normalisation trains the better drafter (ALGORITHMS.md §7 leaves it open)?
+"""Which TVD++ normalisation trains the better drafter (docs/algorithms.md §7 leaves it open)?
 
 Distils the shipped pretrained text-only drafter against the shipped target with TVD++ under
 ``normalize="vocab"`` and ``"batch"``, for several batch orders each, with the lab's schedule, and

@@ -164,7 +164,7 @@ NAMED_MODELS: dict[str, NamedModel] = {
         ),
         NamedModel(
             "smollm2-drafter",
-            "a 10.6M-parameter drafter distilled from smollm2-135m (shipped in this package)",
+            "an 11.2M-parameter drafter distilled from smollm2-135m (shipped in this package)",
             _smollm2_drafter,
         ),
         NamedModel(

@@ -1,4 +1,4 @@
-"""Sampling without replacement (ALGORITHMS.md §2-3): Gumbel-Top-k and one Stochastic Beam Search
+"""Sampling without replacement (docs/algorithms.md §2-3): Gumbel-Top-k and one Stochastic Beam Search
 step, the drafting half of recursive speculative decoding. The public ops."""
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def gumbel_topk(
 
     Gumbel-Top-k: the k largest ``logits / temperature + Gumbel noise``, in descending order, have
     exactly the law of sequential sampling without replacement,
-    ``P(x1, x2, ...) = p(x1) * p(x2) / (1 - p(x1)) * ...`` (ALGORITHMS.md §2). One pass over each
+    ``P(x1, x2, ...) = p(x1) * p(x2) / (1 - p(x1)) * ...`` (docs/algorithms.md §2). One pass over each
     row; only the k best candidates are kept (no [R, V] noise tensor on any backend). Tokens with
     -inf logits are never drawn.
 
@@ -173,7 +173,7 @@ def gumbel_topk(
                 missing slots.
             scores: (R, k) float32, log_probs + Gumbel noise, descending; -inf in missing slots.
 
-    Note: the noise comes from 23-bit uniforms (README "Randomness"), so it is a Gumbel truncated
+    Note: the noise comes from 23-bit uniforms (docs/design.md "Randomness"), so it is a Gumbel truncated
     to about [-2.8, 16.6]; the law differs from the exact one by less than 1e-7 per draw.
 
     Example:
@@ -218,7 +218,7 @@ def stochastic_beam_step(
     Every child t of a live beam y gets ``phi' = phi(y) + log q(t | y)`` and the perturbed score
     ``G~ = phi' + Gumbel``, truncated at the parent's score ``G(y)`` given the maximum ``Z`` over
     the beam's children: ``G' = -log(exp(-G(y)) - exp(-Z) + exp(-G~))`` (stable form in
-    ALGORITHMS.md §3). The ``width`` largest G' over all live beams of a request are kept, sorted
+    docs/algorithms.md §3). The ``width`` largest G' over all live beams of a request are kept, sorted
     descending. Start from the root (W = 1, log prob 0, score 0) and repeat L times: the kept
     sequences are ``width`` distinct samples without replacement from the draft's sequence law q,
     and the first follows q exactly. A beam's kept children, in output order, are a prefix of its

@@ -309,7 +309,7 @@ ERRORS = {
     "bad-lookup": (lambda p: text_args(p, "--lookup", "0"), ["--lookup"]),
     "bad-draft-vocab": (lambda p: text_args(p, "--draft-vocab", "-1"), ["--draft-vocab"]),
     "folder-not-a-model": (lambda p: text_args(p) + ["--drafter", p["root"]], ["drafter", "config.json"]),
-    "hub-name-not-cached": (lambda p: text_args(p) + ["--drafter", "nobody/no-such-model-xyz"],
+    "drafter-hub-name-not-cached": (lambda p: text_args(p) + ["--drafter", "nobody/no-such-model-xyz"],
                             ["drafter", "nobody/no-such-model-xyz", "--download"]),
     "image-to-named-text-target": (lambda p: ["generate", "--target", "smollm2-135m", "--drafter",
                                               "smollm2-drafter", "--prompt", "hi", "--image", p["png"]],
@@ -334,7 +334,8 @@ def test_errors_exit_2_with_one_line(capsys, paths, case):
 BEFORE_LOADING = ["missing-target", "missing-drafter", "bad-top-p", "top-p-above-1", "bad-top-k",
                   "empty-prompt", "rsd_c-without-branching", "specinfer-without-branching",
                   "rsd_s-without-depth", "policy-on-tree", "lookup-on-tree", "lookup-on-lookup",
-                  "folder-not-a-model", "hub-name-not-cached", "image-to-text-target",
+                  "folder-not-a-model", "hub-name-not-cached", "drafter-hub-name-not-cached",
+                  "image-to-text-target",
                   "image-to-named-text-target"]
 
 
