@@ -12,7 +12,7 @@ TORCH_LIBRARY(specdec, m) {
   // AVX-512 Philox. -1 reports the current level, -2 the best the CPU supports; another level is
   // set (capped at what the CPU supports) and the level before is returned.
   m.def("cpu_simd(int level=-1) -> int");
-  // Chain speculative sampling (ALGORITHMS.md §1). seed/offset: int64 [B]; row_streams: when true
+  // Chain speculative sampling (docs/algorithms.md §1). seed/offset: int64 [B]; row_streams: when true
   // row b uses Philox stream b (one int seed for the batch), else stream 0 (a seed per request).
   m.def(
       "verify_chain(Tensor draft_tokens, Tensor target_probs, Tensor? draft_probs, "
@@ -22,7 +22,7 @@ TORCH_LIBRARY(specdec, m) {
       "-> (Tensor, Tensor)");
   // Temperature, top-k, top-p (in that order) per row; temperature/top_p float32 [R], top_k int64 [R].
   m.def("sampling_probs(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p, bool check=False) -> Tensor");
-  // Sampling without replacement (ALGORITHMS.md §2-3; arithmetic spec in
+  // Sampling without replacement (docs/algorithms.md §2-3; arithmetic spec in
   // specdec_kernels/reference/gumbel.py). temperature float32 [R] / [B]; seed, offset int64 [R] / [B];
   // row_streams as for verify_chain. Returns (tokens, log_probs, scores) and
   // (parents, tokens, log_probs, scores).
@@ -34,7 +34,7 @@ TORCH_LIBRARY(specdec, m) {
       "stochastic_beam_step(Tensor logits, Tensor beam_log_probs, Tensor beam_scores, Tensor? beam_mask, "
       "int width, Tensor temperature, Tensor seed, Tensor offset, bool row_streams, bool check=False) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
-  // Trees (ALGORITHMS.md §4-5; tree format in specdec_kernels/ops/tree.py, arithmetic spec in
+  // Trees (docs/algorithms.md §4-5; tree format in specdec_kernels/ops/tree.py, arithmetic spec in
   // specdec_kernels/reference/tree.py). parents/tokens int64 [B, N], num_nodes int64 [B];
   // seed/offset/row_streams as for verify_chain. Results: (tokens [B, N], num_accepted [B],
   // accepted_nodes [B, N]); the mask is bool [B, N, N] or, packed, int32 [B, N, ceil(N/32)];
@@ -48,10 +48,10 @@ TORCH_LIBRARY(specdec, m) {
       "bool check=False) -> (Tensor, Tensor, Tensor)");
   m.def("tree_attention_mask(Tensor parents, Tensor? num_nodes, bool packed) -> Tensor");
   m.def("tree_position_ids(Tensor parents, Tensor prefix_len, Tensor? num_nodes) -> Tensor");
-  // Entropy in nats of softmax(logits / T) per row (ALGORITHMS.md §6): logits [R, V], temperature
+  // Entropy in nats of softmax(logits / T) per row (docs/algorithms.md §6): logits [R, V], temperature
   // float32 [R]; returns float32 [R].
   m.def("draft_entropy(Tensor logits, Tensor temperature, bool check=False) -> Tensor");
-  // Distillation losses (ALGORITHMS.md §7; spec in specdec_kernels/reference/losses.py). kind 0 =
+  // Distillation losses (docs/algorithms.md §7; spec in specdec_kernels/reference/losses.py). kind 0 =
   // total variation, 1 = forward KL. student_logits [N, V], teacher_probs [N, V]. Forward returns
   // float32 [N, 4] per-row stats (lse, value, a, c); backward takes them and a float32 [N] row
   // coefficient and returns the gradient [N, V] in the student's dtype.

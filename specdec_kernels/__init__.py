@@ -1,9 +1,9 @@
 """specdec_kernels: exact speculative-decoding kernels for chains and trees.
 
 Public ops (see each docstring for shapes and dtypes):
-    verify_chain, verify_chain_greedy   chain verification (ALGORITHMS.md §1)
+    verify_chain, verify_chain_greedy   chain verification (docs/algorithms.md §1)
     sampling_probs                      temperature / top-k / top-p -> probabilities
-    gumbel_topk, stochastic_beam_step   sampling without replacement (ALGORITHMS.md §2-3)
+    gumbel_topk, stochastic_beam_step   sampling without replacement (docs/algorithms.md §2-3)
     verify_tree, verify_tree_greedy     exact tree verification (recursive rejection sampling, §4)
     tree_attention_mask, tree_position_ids, tree_attention_bias   tree attention inputs (§5)
     tree_attention                      fused attention of tree nodes over prefix + ancestors (§5)

@@ -1,4 +1,4 @@
-"""Draft-length policies any decoder can use (ALGORITHMS.md §6): when to stop drafting.
+"""Draft-length policies any decoder can use (docs/algorithms.md §6): when to stop drafting.
 
 A policy holds per-request state for a batch of R requests. One drafting round:
 
@@ -121,7 +121,7 @@ class StaticLength(_Policy):
 
 
 class _Adaptive(_Policy):
-    """The lambda update of AdaEDL (ALGORITHMS.md §6), per request:
+    """The lambda update of AdaEDL (docs/algorithms.md §6), per request:
 
         acc <- beta1 * acc + (1 - beta1) * n_accepted / n_drafted       (acc starts at alpha)
         lam~ = lam + eps if acc < alpha; lam if n_drafted == max_len; lam - eps otherwise
@@ -164,7 +164,7 @@ class AdaEDL(_Adaptive):
     Args:
         gamma: gamma_H of the acceptance lower bound (0.2).
         lam: initial threshold lambda (0.5; not given by the paper).
-        beta1, beta2, eps, alpha: the update constants of ALGORITHMS.md §6 (0.5, 0.9, 0.01, 0.9).
+        beta1, beta2, eps, alpha: the update constants of docs/algorithms.md §6 (0.5, 0.9, 0.01, 0.9).
         max_len: gamma_max, the most tokens drafted in a round.
         temperature: the draft's sampling temperature (the entropy is that of softmax(logits / T)).
     """

@@ -741,6 +741,9 @@ def _bad_cases():
     case("target_zero_mass", "target_probs", target_probs=torch.zeros_like(p))
     case("draft_nan", "draft_probs", draft_probs=q.clone().index_fill_(2, torch.tensor([1]), float("nan")))
     case("draft_negative", "draft_probs", draft_probs=q.clone().index_fill_(2, torch.tensor([1]), -1.0))
+    case("target_sum", r"target_probs rows must sum to 1 \(within 1e-03 for float32\); found a row summing "
+         r"to 5$", target_probs=p * 5)
+    case("draft_sum", r"draft_probs rows must sum to 1 \(within 1e-03 for float32\)", draft_probs=q * 5)
     case("seed_negative", "seed", seed=-1)
     case("seed_too_large", "seed", seed=2**63)
     case("seed_float", "seed", seed=1.5)
@@ -777,6 +780,86 @@ def test_verify_chain_greedy_bad_inputs(fn, changes, match):
           **changes}
     with pytest.raises(ValueError, match=match):
         fn(**kw)
+
+
+# check=True: probability rows must sum to 1, within a tolerance by dtype (ops/_common.py).
+SUM_TOL = {torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+
+
+def _sum_case(dtype=torch.float32, V=300):
+    """B = 2, K = 2 rows that sum to 1 exactly in every dtype (2^-8 on ids [0, 256), 0 on the last
+    44: the vector loops' tail). Draft 0 is rejected for sure in both requests (p(x0) = 0 < q(x0)),
+    so every backend reads the whole rows p[:, 0] and q[:, 0]: the cpu kernel only those, the
+    Python checks every used row."""
+    x = torch.tensor([[5, 7], [9, 3]])
+    p = torch.zeros(2, 3, V)
+    p[..., :256] = 1.0 / 256
+    q = p[:, :2].clone()
+    for b, t in enumerate([5, 9]):
+        p[b, 0, t] = 0.0
+        p[b, 0, t + 1] = 2.0 / 256
+    return dict(draft_tokens=x, target_probs=p.to(dtype), draft_probs=q.to(dtype))
+
+
+def _add_last(t, delta):
+    """Every row of t with delta added to its last entry (in the tail): rows summing to 1 + delta."""
+    t = t.clone()
+    t[..., -1] += delta
+    return t
+
+
+def _sum_msg(arg, dtype):
+    return rf"{arg} rows must sum to 1 \(within {SUM_TOL[dtype]:.0e} for {str(dtype)[6:]}\)"
+
+
+@pytest.mark.parametrize("arg", ["target_probs", "draft_probs"])
+def test_verify_chain_unnormalised_rows_raise(backend, arg):
+    kw = _sum_case()
+    bad = dict(kw, **{arg: kw[arg] * 5})
+    with pytest.raises(ValueError, match=_sum_msg(arg, torch.float32) + "; found a row summing to 5$"):
+        sk.verify_chain(**to_device(bad, backend.device), seed=1)
+    # deterministic drafts: the rejected row p[:, 0] is read whole too
+    if arg == "target_probs":
+        with pytest.raises(ValueError, match=_sum_msg(arg, torch.float32)):
+            sk.verify_chain(**to_device(dict(bad, draft_probs=None), backend.device), seed=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
+                         ids=["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("arg", ["target_probs", "draft_probs"])
+def test_verify_chain_sum_tolerance(backend, arg, dtype):
+    kw = _sum_case(dtype)
+    tol = SUM_TOL[dtype]
+    within = [_add_last(kw[arg], 0.5 * tol)]
+    if dtype == torch.float32:
+        within.append(kw[arg] * (1 - 0.5 * tol))
+    for rows in within:
+        ok = dict(kw, **{arg: rows})
+        res = sk.verify_chain(**to_device(ok, backend.device), seed=1)
+        assert_same(res, ref.verify_chain(**ok, seed=1, check=False))
+    outside = [_add_last(kw[arg], 2 * tol)]
+    if dtype == torch.float32:
+        outside.append(kw[arg] * (1 - 2 * tol))
+    for rows in outside:
+        with pytest.raises(ValueError, match=_sum_msg(arg, dtype)):
+            sk.verify_chain(**to_device(dict(kw, **{arg: rows}), backend.device), seed=1)
+    # check=False does not look
+    sk.verify_chain(**to_device(dict(kw, **{arg: kw[arg] * 5}), backend.device), seed=1, check=False)
+
+
+def test_verify_chain_bf16_softmax_rows_pass(backend):
+    # bf16-rounded softmax rows over 32000 ids are off 1 by more than float32's 1e-3 (the largest
+    # probabilities round with a spacing of 2^-8): the bfloat16 tolerance lets them through.
+    g = torch.Generator().manual_seed(0)
+    B, K, V = 2, 3, 32000
+    p = torch.softmax(6 * torch.randn(B, K + 1, V, generator=g), -1).bfloat16()
+    q = torch.softmax(6 * torch.randn(B, K, V, generator=g), -1).bfloat16()
+    for t in (p, q):
+        assert float((t.float().sum(-1) - 1).abs().max()) > 1e-3
+    x = torch.multinomial(q.float().reshape(-1, V), 1, generator=g).reshape(B, K)
+    for qq in (q, None):
+        res = sk.verify_chain(*to_device((x, p, qq), backend.device), seed=3)
+        assert_same(res, ref.verify_chain(x, p, qq, seed=3, check=False))
 
 
 def test_bad_backend_env(monkeypatch):

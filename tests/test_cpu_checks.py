@@ -18,6 +18,9 @@ import specdec_kernels as sk
 pytestmark = pytest.mark.skipif("cpu" not in sk.backends("cpu"), reason="needs the compiled cpu backend")
 LEVELS = list(range(sk.cpu_simd_level(supported=True) + 1)) if "cpu" in sk.backends("cpu") else []
 NAN = float("nan")
+# V = 50 / 40: the races run their scalar tail only; V = 300: two vector steps of 128 ids and a tail.
+VS = pytest.mark.parametrize("V", [50, 300])
+TREE_VS = pytest.mark.parametrize("V", [40, 300])
 
 
 @pytest.fixture(params=LEVELS, ids=lambda v: sk._backend.CPU_SIMD_LEVELS[v])
@@ -48,20 +51,23 @@ def _with(t, idx, value):
     return t
 
 
+@VS
 @pytest.mark.parametrize("where,arg", [
     ((0, 2, 5), "target_probs"), ((0, 0, 4), "target_probs"), ((0, 2, 20), "target_probs"),
+    ((0, 2, -1), "target_probs"),
 ])
-def test_chain_bad_value_read_raises(cpu, where, arg):
-    x, p, q = chain_case()
+def test_chain_bad_value_read_raises(cpu, where, arg, V):
+    x, p, q = chain_case(V)
     with pytest.raises(ValueError, match=f"{arg} must be finite and non-negative"):
         sk.verify_chain(x, _with(p, where, NAN), q, seed=1)
     with pytest.raises(ValueError, match=f"{arg} must be finite and non-negative"):
         sk.verify_chain(x, _with(p, where, -0.5), q, seed=1)
 
 
-@pytest.mark.parametrize("where", [(0, 2, 7), (0, 1, 9), (0, 2, 13)])
-def test_chain_bad_draft_value_read_raises(cpu, where):
-    x, p, q = chain_case()
+@VS
+@pytest.mark.parametrize("where", [(0, 2, 7), (0, 1, 9), (0, 2, 13), (0, 2, -1)])
+def test_chain_bad_draft_value_read_raises(cpu, where, V):
+    x, p, q = chain_case(V)
     with pytest.raises(ValueError, match="draft_probs must be finite and non-negative"):
         sk.verify_chain(x, p, _with(q, where, float("inf")), seed=1)
 
@@ -78,13 +84,75 @@ def test_chain_rows_not_read_are_not_checked(cpu):
         assert torch.equal(out.tokens, sk.verify_chain(x, pp, qq, seed=1, check=False).tokens)
 
 
-def test_chain_zero_mass_row_read_raises(cpu):
-    x, p, q = chain_case()
+@VS
+def test_chain_zero_mass_row_read_raises(cpu, V):
+    x, p, q = chain_case(V)
     p[0, 2] = 0.0
     with pytest.raises(ValueError, match="target_probs has a row with zero total mass"):
         sk.verify_chain(x, p, q, seed=1)
     with pytest.raises(ValueError, match="target_probs has a row with zero total mass"):
         sk.verify_chain(x, p, None, seed=1)
+
+
+@VS
+def test_chain_row_sums_of_rows_read(cpu, V):
+    # The rows read whole are p[2] and q[2] (the rejection): their sums are checked in that pass.
+    x, p, q = chain_case(V)
+    clean = sk.verify_chain(x, p, q, seed=1)
+    with pytest.raises(ValueError, match=r"target_probs rows must sum to 1 \(within 1e-03 for float32\); "
+                                         r"found a row summing to 1\.5$"):
+        sk.verify_chain(x, _with(p, (0, 2, 30), 0.5), q, seed=1)
+    with pytest.raises(ValueError, match=r"target_probs rows must sum to 1"):
+        sk.verify_chain(x, _with(p, (0, 2, 30), 0.5), None, seed=1)
+    with pytest.raises(ValueError, match=r"draft_probs rows must sum to 1 \(within 1e-03 for float32\); "
+                                         r"found a row summing to 0\.5$"):
+        sk.verify_chain(x, p, _with(q, (0, 2), 0.5 / V), seed=1)
+    # Rows read as scalars only (accepted positions) or not at all (the bonus row): not summed.
+    unread = [(_with(p, (0, 3), 5.0 / V), q), (_with(p, (0, 0, 5), 0.5), q), (p, _with(q, (0, 0, 7), 0.5)),
+              (p, _with(q, (0, 1, 30), 0.5))]
+    for pp, qq in unread:
+        out = sk.verify_chain(x, pp, qq, seed=1)
+        assert torch.equal(out.tokens, clean.tokens)
+
+
+@VS
+def test_negative_zero_is_a_probability(cpu, V):
+    # -0.0 passes the checks (it is >= 0) on every path, as in the Python checks: the vector loops
+    # see its sign bit and re-check the row value by value.
+    x, p, q = chain_case(V)
+    q[0, 2] = 0.0
+    q[0, 2, :40] = 1.0 / 40
+    pz, qz = p.clone(), q.clone()
+    pz[pz == 0] = -0.0
+    qz[qz == 0] = -0.0
+    assert bool(torch.signbit(pz[0, 2]).any()) and bool(torch.signbit(qz[0, 2]).any())
+    for qq, qq_clean in ((qz, q), (None, None)):
+        out = sk.verify_chain(x, pz, qq, seed=1)
+        assert torch.equal(out.tokens, sk.verify_chain(x, p, qq_clean, seed=1).tokens)
+    tokens, parents, tp, tq = tree_case(V)
+    tpz = tp.clone()
+    tpz[tpz == 0] = -0.0
+    assert torch.equal(sk.verify_tree(tokens, parents, tpz, tq, seed=3).tokens,
+                       sk.verify_tree(tokens, parents, tp, tq, seed=3).tokens)
+
+
+@VS
+def test_chain_row_sum_of_bonus_row(cpu, V):
+    # Every draft accepted for sure (p = q one-hot at each): the bonus row p[3] is the row read whole.
+    x, p, q = chain_case(V)
+    p[0, 2] = 0.0
+    p[0, 2, 13] = 1.0
+    q[0, 2] = 0.0
+    q[0, 2, 13] = 1.0
+    assert int(sk.verify_chain(x, p, q, seed=1).num_accepted) == 3
+    with pytest.raises(ValueError, match="target_probs rows must sum to 1.*found a row summing to 5$"):
+        sk.verify_chain(x, _with(p, (0, 3), 5.0 / V), q, seed=1)
+    for scale in (1 + 0.5e-3, 1 - 0.5e-3):  # within the float32 tolerance
+        assert int(sk.verify_chain(x, _with(p, (0, 3), scale / V), q, seed=1).num_accepted) == 3
+    with pytest.raises(ValueError, match="target_probs rows must sum to 1"):
+        sk.verify_chain(x, _with(p, (0, 3), (1 + 2e-3) / V), q, seed=1)
+    with pytest.raises(ValueError, match=r"target_probs rows must sum to 1 \(within 1e-02 for bfloat16\)"):
+        sk.verify_chain(x, _with(p, (0, 3), 1.03 / V).bfloat16(), q.bfloat16(), seed=1)
 
 
 def test_chain_structure_always_checked(cpu):
@@ -118,9 +186,10 @@ def tree_case(V=40):
     return tokens, parents, p, q
 
 
+@TREE_VS
 @pytest.mark.parametrize("replacement", [False, True])
-def test_tree_rows_read_and_not_read(cpu, replacement):
-    tokens, parents, p, q = tree_case()
+def test_tree_rows_read_and_not_read(cpu, replacement, V):
+    tokens, parents, p, q = tree_case(V)
     clean = sk.verify_tree(tokens, parents, p, q, replacement=replacement, seed=3)
     assert clean.tokens[0].tolist()[:2] == [3, -1]
     for node in range(1, 7):  # rows off the walk: not scanned, the result unchanged
@@ -131,10 +200,53 @@ def test_tree_rows_read_and_not_read(cpu, replacement):
         sk.verify_tree(tokens, parents, _with(p, (0, 0, 30), NAN), q, replacement=replacement, seed=3)
     with pytest.raises(ValueError, match=r"target_probs\[0, 0\] \(node 0\) must be a probability row"):
         sk.verify_tree(tokens, parents, _with(p, (0, 0, 3), 1.5), q, replacement=replacement, seed=3)
+    with pytest.raises(ValueError, match=r"target_probs\[0, 0\] \(node 0\) must be a probability row"):
+        sk.verify_tree(tokens, parents, _with(p, (0, 0, 17), 1.0005), q, replacement=replacement, seed=3)
+    with pytest.raises(ValueError, match=r"draft_probs\[0, 0\] \(node 0\) must be a probability row"):
+        sk.verify_tree(tokens, parents, p, _with(q, (0, 0, -1), NAN), replacement=replacement, seed=3)
     with pytest.raises(ValueError, match=r"draft_probs\[0, 0\] \(node 0\) must be a probability row"):
         sk.verify_tree(tokens, parents, p, _with(q, (0, 0, 39), -1.0), replacement=replacement, seed=3)
     with pytest.raises(ValueError, match=r"target_probs\[0, 0\] \(node 0\) has zero total mass"):
         sk.verify_tree(tokens, parents, _with(p, (0, 0), 0.0), q, replacement=replacement, seed=3)
+
+
+@TREE_VS
+@pytest.mark.parametrize("replacement", [False, True])
+def test_tree_row_sums_of_rows_read(cpu, replacement, V):
+    # The root's rows are read whole (mass pass, final race): their sums are checked there; the
+    # rows of nodes off the walk are not.
+    tokens, parents, p, q = tree_case(V)
+    clean = sk.verify_tree(tokens, parents, p, q, replacement=replacement, seed=3)
+    with pytest.raises(ValueError, match=r"target_probs\[0, 0\] \(node 0\) must sum to 1 \(within 1e-03 "
+                                         r"for float32\); it sums to 1\.5$"):
+        sk.verify_tree(tokens, parents, _with(p, (0, 0, 30), 0.5), q, replacement=replacement, seed=3)
+    with pytest.raises(ValueError, match=r"target_probs\[0, 0\] \(node 0\) must sum to 1"):
+        sk.verify_tree(tokens, parents, _with(p, (0, 0, 30), 0.5), None, seed=3)
+    with pytest.raises(ValueError, match=r"draft_probs\[0, 0\] \(node 0\) must sum to 1 \(within 1e-03 "
+                                         r"for float32\); it sums to 1\.5$"):
+        sk.verify_tree(tokens, parents, p, _with(q, (0, 0), 1.5 / V), replacement=replacement, seed=3)
+    for node in range(1, 7):
+        out = sk.verify_tree(tokens, parents, _with(p, (0, node), 5.0 / V), _with(q, (0, node), 5.0 / V),
+                             replacement=replacement, seed=3)
+        assert torch.equal(out.tokens, clean.tokens)
+
+
+@TREE_VS
+def test_tree_row_sum_of_bonus_leaf(cpu, V):
+    # p = q one-hot along root -> 1 -> 3: both accepted for sure (rows read as scalars only, not
+    # summed), then the bonus is drawn from leaf 3's target row, read whole.
+    tokens, parents, p, q = tree_case(V)
+    for node, tok in ((0, 1), (1, 5)):
+        for t in (p, q):
+            t[0, node] = 0.0
+            t[0, node, tok] = 1.0
+    clean = sk.verify_tree(tokens, parents, p, q, seed=3)
+    assert clean.accepted_nodes[0, :2].tolist() == [1, 3]
+    with pytest.raises(ValueError, match=r"target_probs\[0, 3\] \(node 3\) must sum to 1 .*it sums to 2$"):
+        sk.verify_tree(tokens, parents, _with(p, (0, 3), 2.0 / V), q, seed=3)
+    unread = [(_with(p, (0, 0, 30), 0.5), q), (p, _with(q, (0, 1, 30), 0.5)), (p, _with(q, (0, 3), 2.0 / V))]
+    for pp, qq in unread:
+        assert torch.equal(sk.verify_tree(tokens, parents, pp, qq, seed=3).tokens, clean.tokens)
 
 
 def test_tree_one_hot_drafts_and_structure(cpu):

@@ -946,7 +946,7 @@ def library_verify(tokens, parents, p, q, nn, replacement, seed, offset):
 
 def torch_rsd(tokens, parents, p, q, nn, replacement, seed, offset):
     """Recursive rejection sampling in plain float64 torch with its own RNG, straight from
-    ALGORITHMS.md §4 (normalised residuals, d_k = q conditioned on the earlier siblings): a
+    docs/algorithms.md §4 (normalised residuals, d_k = q conditioned on the earlier siblings): a
     positive control of the harness, independent of the library's arithmetic."""
     g = torch.Generator().manual_seed(int(seed if isinstance(seed, int) else seed[0]) * 31 +
                                       int(offset if isinstance(offset, int) else offset[0]))
@@ -1488,6 +1488,10 @@ def _bad_cases():
     row_case("draft_nan", r"draft_probs\[0, 1\] \(node 1\)", draft_probs=_with(q, (0, 1, 3), nan))
     row_case("draft_negative", r"draft_probs\[1, 0\] \(node 0\)", draft_probs=_with(q, (1, 0, 3), -1.0))
     row_case("draft_above_one", r"draft_probs\[1, 0\] \(node 0\)", draft_probs=_with(q, (1, 0, 3), 2.0))
+    row_case("target_sum", r"target_probs\[1, 2\] \(node 2\) must sum to 1 \(within 1e-03 for float32\); "
+             r"it sums to 1\.5", target_probs=_with(p, (1, 2), p[1, 2] * 1.5))
+    row_case("draft_sum", r"draft_probs\[0, 1\] \(node 1\) must sum to 1 \(within 1e-03 for float32\)",
+             draft_probs=_with(q, (0, 1), q[0, 1] * 0.9))
     # flags and randomness
     case("replacement_int", "replacement must be a bool", replacement=1)
     case("replacement_none", "replacement must be a bool", replacement=None)
@@ -1509,6 +1513,90 @@ def test_verify_tree_bad_inputs(fn, changes, match, request):
     with sk.use_backend("reference") if rows else contextlib.nullcontext(), \
             pytest.raises(ValueError, match=match):
         fn(**kw)
+
+
+# check=True: probability rows must sum to 1, within a tolerance by dtype (ops/_common.py).
+SUM_TOL = {torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+
+
+def _sum_tree(dtype=torch.float32, V=300):
+    """Root with children 1, 2 (tokens 5, 9) and grandchildren 3-6; rows that sum to 1 exactly in
+    every dtype (2^-8 on ids [0, 256), 0 on the last 44: the vector loops' tail). The root's
+    target gives both children probability 0: they are rejected for sure, so every backend reads
+    the root's rows whole (the cpu kernel: its mass pass and final race, no other row; the Python
+    checks: every row used)."""
+    parents = torch.tensor([[-1, 0, 0, 1, 1, 2, 2]])
+    tokens = torch.tensor([[0, 5, 9, 1, 2, 3, 4]])
+    p = torch.zeros(1, 7, V)
+    p[..., :256] = 1.0 / 256
+    q = p.clone()
+    for t in (5, 9):
+        p[0, 0, t] = 0.0
+        p[0, 0, t + 1] = 2.0 / 256
+    return dict(tokens=tokens, parents=parents, target_probs=p.to(dtype), draft_probs=q.to(dtype))
+
+
+def _add_last(t, delta):
+    """Every row of t with delta added to its last entry (in the tail): rows summing to 1 + delta."""
+    t = t.clone()
+    t[..., -1] += delta
+    return t
+
+
+def _sum_msg(arg, dtype):
+    return (rf"{arg}\[0, 0\] \(node 0\) must sum to 1 \(within {SUM_TOL[dtype]:.0e} for "
+            rf"{str(dtype)[6:]}\)")
+
+
+@pytest.mark.parametrize("arg", ["target_probs", "draft_probs"])
+def test_verify_tree_unnormalised_rows_raise(backend, arg):
+    kw = _sum_tree()
+    bad = dict(kw, **{arg: kw[arg] * 5})
+    for replacement in (False, True):
+        with pytest.raises(ValueError, match=_sum_msg(arg, torch.float32) + "; it sums to 5$"):
+            T.verify_tree(**to_device(bad, backend.device), replacement=replacement, seed=1)
+    if arg == "target_probs":  # one-hot drafts: the final race reads the root's target row whole
+        with pytest.raises(ValueError, match=_sum_msg(arg, torch.float32)):
+            T.verify_tree(**to_device(dict(bad, draft_probs=None), backend.device), seed=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
+                         ids=["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("arg", ["target_probs", "draft_probs"])
+def test_verify_tree_sum_tolerance(backend, arg, dtype):
+    kw = _sum_tree(dtype)
+    tol = SUM_TOL[dtype]
+    within = [_add_last(kw[arg], 0.5 * tol)]
+    if dtype == torch.float32:
+        within.append(kw[arg] * (1 - 0.5 * tol))
+    for rows in within:
+        ok = dict(kw, **{arg: rows})
+        res = T.verify_tree(**to_device(ok, backend.device), seed=1)
+        assert_same(res, RT.verify_tree(**ok, seed=1, check=False))
+    outside = [_add_last(kw[arg], 2 * tol)]
+    if dtype == torch.float32:
+        outside.append(kw[arg] * (1 - 2 * tol))
+    for rows in outside:
+        with pytest.raises(ValueError, match=_sum_msg(arg, dtype)):
+            T.verify_tree(**to_device(dict(kw, **{arg: rows}), backend.device), seed=1)
+    T.verify_tree(**to_device(dict(kw, **{arg: kw[arg] * 5}), backend.device), seed=1, check=False)
+
+
+def test_verify_tree_bf16_softmax_rows_pass(backend):
+    # bf16-rounded softmax rows over 32000 ids are off 1 by more than float32's 1e-3 (the largest
+    # probabilities round with a spacing of 2^-8): the bfloat16 tolerance lets them through.
+    g = torch.Generator().manual_seed(5)
+    V = 32000
+    parents = torch.tensor([[-1, 0, 0, 1]])
+    p = torch.softmax(6 * torch.randn(1, 4, V, generator=g), -1).bfloat16()
+    q = torch.softmax(6 * torch.randn(1, 4, V, generator=g), -1).bfloat16()
+    for t in (p, q):
+        assert float((t.float().sum(-1) - 1).abs().max()) > 1e-3
+    top = q[0, 0].float().topk(2).indices.tolist()  # distinct siblings, as drawn without replacement
+    tokens = torch.tensor([[0, top[0], top[1], int(q[0, 1].float().argmax())]])
+    for qq in (q, None):
+        res = T.verify_tree(*to_device((tokens, parents, p, qq), backend.device), seed=3)
+        assert_same(res, RT.verify_tree(tokens, parents, p, qq, seed=3, check=False))
 
 
 def test_duplicate_siblings_allowed_with_replacement(backend):

@@ -1,7 +1,7 @@
 """tree_attention: every backend against the float64 reference, and the reference against PyTorch's
 scaled_dot_product_attention on the dense mask it replaces.
 
-Tolerance (flash-attention's rule, DESIGN.md): a backend's error against the float64 reference may
+Tolerance (flash-attention's rule, docs/design.md): a backend's error against the float64 reference may
 be at most ``2 * err_sdpa + eps``, where err_sdpa is what PyTorch's own SDPA with the dense mask gets
 in the same dtype on the same inputs, so the bound follows the dtype instead of a hand-tuned atol.
 """

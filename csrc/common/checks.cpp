@@ -2,6 +2,8 @@
 #include "checks.h"
 
 #include <cmath>
+#include <cstdio>
+#include <string>
 
 namespace specdec {
 
@@ -206,15 +208,41 @@ void check_chain_structure(const at::Tensor& draft_tokens, const std::optional<a
   }
 }
 
-void raise_chain_value_error(const int8_t* err, int64_t B) {
+double prob_sum_tolerance(at::ScalarType dtype) {
+  return dtype == at::kHalf || dtype == at::kBFloat16 ? 1e-2 : 1e-3;
+}
+
+// The sum-to-1 rule as the Python messages state it (ops/_common.py prob_sum_rule), e.g.
+// "within 1e-03 for float32", and a sum formatted as Python's f"{s:.6g}".
+static std::string prob_sum_rule(at::ScalarType dtype) {
+  char tol[16];
+  std::snprintf(tol, sizeof(tol), "%.0e", prob_sum_tolerance(dtype));
+  const char* name = dtype == at::kHalf ? "float16" : dtype == at::kBFloat16 ? "bfloat16"
+                     : dtype == at::kDouble ? "float64" : "float32";
+  return std::string("within ") + tol + " for " + name;
+}
+
+static std::string g6(double x) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.6g", x);
+  return buf;
+}
+
+void raise_chain_value_error(const int8_t* err, int64_t B, const double* sums, at::ScalarType dtype) {
   for (int64_t b = 0; b < B; ++b) {
     switch (err[b]) {
       case kTargetBad:
         TORCH_CHECK_VALUE(false, "target_probs must be finite and non-negative (found NaN, inf or a negative value)");
       case kTargetZeroMass:
         TORCH_CHECK_VALUE(false, "target_probs has a row with zero total mass");
+      case kTargetSum:
+        TORCH_CHECK_VALUE(false, "target_probs rows must sum to 1 (", prob_sum_rule(dtype),
+                          "); found a row summing to ", g6(sums ? sums[b] : 0.0));
       case kDraftBad:
         TORCH_CHECK_VALUE(false, "draft_probs must be finite and non-negative (found NaN, inf or a negative value)");
+      case kDraftSum:
+        TORCH_CHECK_VALUE(false, "draft_probs rows must sum to 1 (", prob_sum_rule(dtype),
+                          "); found a row summing to ", g6(sums ? sums[b] : 0.0));
       case kLogitsNaN:
         TORCH_CHECK_VALUE(false, "target_logits must not contain NaN");
       default:
@@ -265,7 +293,8 @@ void check_tree_structure(const at::Tensor& tokens, const at::Tensor& parents,
   }
 }
 
-void raise_tree_value_error(const TreeValueError* err, int64_t B, const char* target_name) {
+void raise_tree_value_error(const TreeValueError* err, int64_t B, const char* target_name,
+                            at::ScalarType dtype) {
   for (int64_t b = 0; b < B; ++b) {
     const int64_t n = err[b].node;
     switch (err[b].code) {
@@ -275,6 +304,12 @@ void raise_tree_value_error(const TreeValueError* err, int64_t B, const char* ta
                           "negative value or a value above 1)");
       case kTargetZeroMass:
         TORCH_CHECK_VALUE(false, target_name, "[", b, ", ", n, "] (node ", n, ") has zero total mass");
+      case kTargetSum:
+        TORCH_CHECK_VALUE(false, target_name, "[", b, ", ", n, "] (node ", n, ") must sum to 1 (",
+                          prob_sum_rule(dtype), "); it sums to ", g6(err[b].sum));
+      case kDraftSum:
+        TORCH_CHECK_VALUE(false, "draft_probs[", b, ", ", n, "] (node ", n, ") must sum to 1 (",
+                          prob_sum_rule(dtype), "); it sums to ", g6(err[b].sum));
       case kDraftBad:
         TORCH_CHECK_VALUE(false, "draft_probs[", b, ", ", n, "] (node ", n,
                           ") must be a probability row: finite values in [0, 1] (found NaN, inf, a "

@@ -92,9 +92,18 @@ void check_grid_limit(int64_t value, int64_t limit, const char* what, const char
 // Structure, on the host before the kernel: num_draft in [0, K], drafted tokens in [0, V).
 void check_chain_structure(const at::Tensor& draft_tokens, const std::optional<at::Tensor>& num_draft,
                            int64_t K, int64_t V);
-// Per-request findings of a kernel's pass, reported for the first request that has one.
-enum ChainValueError : int8_t { kChainOk = 0, kTargetBad, kTargetZeroMass, kDraftBad, kLogitsNaN };
-void raise_chain_value_error(const int8_t* err, int64_t B);
+// The tolerance of the sum-to-1 check of probability rows, |sum(row) - 1| <= tol, by their dtype
+// (float32: 1e-3, float16/bfloat16: 1e-2). Twin of PROB_SUM_TOL / PROB_SUM_TOL_HALF in
+// specdec_kernels/ops/_common.py, which states why.
+double prob_sum_tolerance(at::ScalarType dtype);
+// Per-request findings of a kernel's pass, reported for the first request that has one. kTargetSum
+// and kDraftSum (a row read whole that does not sum to 1) report the sum found, sums[b]; dtype is
+// that of the probabilities.
+enum ChainValueError : int8_t {
+  kChainOk = 0, kTargetBad, kTargetZeroMass, kDraftBad, kLogitsNaN, kTargetSum, kDraftSum
+};
+void raise_chain_value_error(const int8_t* err, int64_t B, const double* sums = nullptr,
+                             at::ScalarType dtype = at::kFloat);
 // Tree structure (num_nodes, root, parent order), drafted tokens in [0, V), and (distinct) no two
 // drafted siblings with the same token.
 void check_tree_structure(const at::Tensor& tokens, const at::Tensor& parents,
@@ -102,8 +111,10 @@ void check_tree_structure(const at::Tensor& tokens, const at::Tensor& parents,
 struct TreeValueError {
   int8_t code = 0;  // ChainValueError codes; kLogitsNaN for verify_tree_greedy
   int64_t node = 0;
+  double sum = 0.0;  // kTargetSum / kDraftSum: the sum found
 };
-void raise_tree_value_error(const TreeValueError* err, int64_t B, const char* target_name);
+void raise_tree_value_error(const TreeValueError* err, int64_t B, const char* target_name,
+                            at::ScalarType dtype);
 // Logits of the row ops (sampling_probs, draft_entropy, gumbel_topk, stochastic_beam_step), found
 // by the kernels' first pass over each row: 0 = fine, kRowNaN = NaN or +inf (or, for the Gumbel
 // ops, a scaled logit x / T that overflows), kRowMasked = every entry -inf (an error where

@@ -48,7 +48,7 @@ SPECDEC_HD float log1mexp(float a) {
 }
 
 // -log(exp(-G) - exp(-Z) + exp(-Gt)): a Gumbel of location Gt truncated at the parent's score G,
-// given the maximum Z of the siblings (ALGORITHMS.md §3), in the stable form
+// given the maximum Z of the siblings (docs/algorithms.md §3), in the stable form
 //   t = G - Gt + log1mexp(Gt - Z),  G' = G - max(t, 0) - log1p(exp(-|t|)),
 // and exactly G for the best sibling (Gt >= Z).
 SPECDEC_HD float truncated_score(float G, float Z, float Gt) {

@@ -1,11 +1,13 @@
 // Chain verification on the CPU: at::parallel_for over requests. Per request only the scalars
 // p_i(x_i), q_i(x_i) of the drafted tokens are read until the first rejection; then exactly one row
-// (the residual max(0, p - q) of the rejected position, or the bonus row of p) is read in full.
+// (the residual max(0, p - q) of the rejected position, or the bonus row of p) is read in full,
+// and with check=True its sum (and q's) checked in that same pass.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -36,8 +38,11 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_cpu(const at::Tensor& draft_toke
   if (B == 0) return {tokens, num_accepted};
   if (check) check_chain_structure(draft_tokens, num_draft, K, V);
   // check=True: every probability the kernel reads is validated as it is read (the scalars of the
-  // tested drafts, the raced row); rows it never reads cannot change the result and cost nothing.
+  // tested drafts, the raced row and its sum); rows it never reads cannot change the result and
+  // cost nothing.
   std::vector<int8_t> err(check ? B : 0, kChainOk);
+  std::vector<double> err_sum(check ? B : 0, 0.0);  // the sum a kTargetSum / kDraftSum found
+  const double sum_tol = prob_sum_tolerance(target_probs.scalar_type());
 
   const auto dt = draft_tokens.accessor<int64_t, 2>();
   const int64_t* nd = num_draft.has_value() ? num_draft->data_ptr<int64_t>() : nullptr;
@@ -77,14 +82,16 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_cpu(const at::Tensor& draft_toke
       const DrawKey sample_key = make_draw_key(seeds[b * seed.stride(0)],
                                                offs[b * offset.stride(0)], 1, stream);
       const scalar_t* prow = P + b * pB + a * pK;
+      RowSums sums;  // check=True: the sums of the rows raced (p, and q after a stochastic rejection)
+      RowSums* fs = check ? &sums : nullptr;
       int64_t y;
       if (a == n) {
-        y = race_row(RowP<scalar_t>{prow, fp}, V, sample_key);
+        y = race_row(RowP<scalar_t>{prow, fp}, V, sample_key, fs);
       } else {
         if (Q) {
-          y = race_row(RowResidual<scalar_t>{prow, Q + b * qB + a * qK, fp, fq}, V, sample_key);
+          y = race_row(RowResidual<scalar_t>{prow, Q + b * qB + a * qK, fp, fq}, V, sample_key, fs);
         } else {
-          y = race_row(RowWithout<scalar_t>{prow, dt[b][a], fp}, V, sample_key);
+          y = race_row(RowWithout<scalar_t>{prow, dt[b][a], fp}, V, sample_key, fs);
         }
         // Residual of zero mass (p == q on the support, or p one-hot at the rejected draft):
         // a measure-zero event for valid inputs; fall back to p itself.
@@ -92,10 +99,16 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_cpu(const at::Tensor& draft_toke
       }
       out[b][a] = y < 0 ? 0 : y;
       nacc[b] = a;
-      if (check) err[b] = bad_p ? kTargetBad : y < 0 ? kTargetZeroMass : bad_q ? kDraftBad : kChainOk;
+      if (check) {
+        const bool off_p = std::abs(sums.p - 1.0) > sum_tol;
+        const bool off_q = Q && a < n && std::abs(sums.q - 1.0) > sum_tol;
+        err[b] = bad_p ? kTargetBad : y < 0 ? kTargetZeroMass : off_p ? kTargetSum
+                 : bad_q ? kDraftBad : off_q ? kDraftSum : kChainOk;
+        err_sum[b] = err[b] == kTargetSum ? sums.p : sums.q;
+      }
     });
   });
-  if (check) raise_chain_value_error(err.data(), B);
+  if (check) raise_chain_value_error(err.data(), B, err_sum.data(), target_probs.scalar_type());
   return {tokens, num_accepted};
 }
 

@@ -1,4 +1,4 @@
-// Drafter-distillation losses on the CPU (ALGORITHMS.md §7; spec in specdec_kernels/reference/
+// Drafter-distillation losses on the CPU (docs/algorithms.md §7; spec in specdec_kernels/reference/
 // losses.py): one row (position) per task. Forward: two passes over the student row (log-sum-exp,
 // then q = exp(z - lse) against the teacher row) leaving 4 floats per row; backward: one pass that
 // recomputes q and writes the gradient. No [N, V] temporary exists besides the gradient itself.

@@ -1,4 +1,4 @@
-// Tree ops on the CPU (ALGORITHMS.md §4-5; arithmetic spec in specdec_kernels/reference/tree.py):
+// Tree ops on the CPU (docs/algorithms.md §4-5; arithmetic spec in specdec_kernels/reference/tree.py):
 // at::parallel_for over requests. verify_tree walks the tree from the root; a node whose first
 // child is accepted costs two scalar reads. Full passes over V happen only where the math needs
 // them: the exact mass of the residual after a stochastic rejection that another sibling follows,
@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -38,22 +39,30 @@ struct TreeResidual {
   bool* bad_p = nullptr;  // check=True: set when a value read is not in [0, 1]
   bool* bad_q = nullptr;
 
-  float at(int64_t v) const {
+  // sp, sq: the row sums of check=True (race.h RowSums, Lanes8), for the passes over whole rows.
+  float at(int64_t v, double* sp = nullptr, double* sq = nullptr) const {
     const float pv = static_cast<float>(p[v]);
-    if (bad_p && !prob_ok(pv, 1.f)) *bad_p = true;
-    if (q && bad_q && !prob_ok(static_cast<float>(q[v]), 1.f)) *bad_q = true;
+    const float qv = q ? static_cast<float>(q[v]) : 0.f;
+    if (bad_p) {
+      if (!prob_ok(pv, 1.f)) *bad_p = true;
+      if (sp) *sp += pv;
+    }
+    if (q && bad_q) {
+      if (!prob_ok(qv, 1.f)) *bad_q = true;
+      if (sq) *sq += qv;
+    }
     if (removed && contains(*removed, v)) return 0.f;
-    return q ? tree_residual(pv, static_cast<float>(q[v]), scale) : pv;
+    return q ? tree_residual(pv, qv, scale) : pv;
   }
 #if SPECDEC_HAVE_AVX2
-  SPECDEC_AVX2 __m256 vec(int64_t v) const {
+  SPECDEC_AVX2 __m256 vec(int64_t v, Lanes8& lp, Lanes8& lq) const {
     __m256 r = load8(p + v);
-    if (bad_p && !probs_ok8(r, 1.f)) *bad_p = true;
+    if (bad_p) lanes8_add<true>(lp, r);
     if (q) {
       // tree_residual eight lanes at a time: scale * q is exact in double, so the fused
       // multiply-subtract rounds once, like the scalar difference.
       const __m256 qv = load8(q + v);
-      if (bad_q && !probs_ok8(qv, 1.f)) *bad_q = true;
+      if (bad_q) lanes8_add<true>(lq, qv);
       const __m256d s = _mm256_set1_pd(static_cast<double>(scale)), zero = _mm256_setzero_pd();
       __m256d lo = _mm256_fnmadd_pd(s, _mm256_cvtps_pd(_mm256_castps256_ps128(qv)),
                                     _mm256_cvtps_pd(_mm256_castps256_ps128(r)));
@@ -73,6 +82,10 @@ struct TreeResidual {
       }
     }
     return r;
+  }
+  SPECDEC_AVX2 void report(int64_t V, const Lanes8& lp, double sp, const Lanes8& lq, double sq) const {
+    if (bad_p && !lanes8_clean(lp, sp, 1.f) && !row_ok(p, V, 1.f)) *bad_p = true;
+    if (q && bad_q && !lanes8_clean(lq, sq, 1.f) && !row_ok(q, V, 1.f)) *bad_q = true;
   }
 #endif
 };
@@ -105,18 +118,29 @@ SPECDEC_AVX2 inline void flush_words(__m256d& acc_hi, __m256d& acc_lo, int64_t& 
   acc_hi = acc_lo = _mm256_setzero_pd();
 }
 
-template <typename T>
-SPECDEC_AVX2 void residual_words_avx2(const TreeResidual<T>& f, int64_t V, int64_t& hi, int64_t& lo) {
+// kCheck (the functor checks): as in race.h race_avx2, the lane statistics reported to the functor
+// and the sums into *sums when given.
+template <bool kCheck, typename T>
+SPECDEC_AVX2 void residual_words_avx2(const TreeResidual<T>& f, int64_t V, int64_t& hi, int64_t& lo,
+                                      RowSums* sums) {
   // Each lane adds at most 2^32 per element: flushing every 2^18 elements (2^16 per lane) keeps
   // the double sums below 2^49, exact.
   constexpr int64_t kFlushElements = int64_t(1) << 18;
   // Two pairs of accumulators: independent add chains for the two halves of each vector.
   __m256d ah = _mm256_setzero_pd(), al = _mm256_setzero_pd(), bh = ah, bl = ah;
+  // check=True: the rows' lane statistics, sums flushed to double every 128 elements.
+  Lanes8 lp = lanes8(), lq = lanes8();
+  __m256d sum_p = _mm256_setzero_pd(), sum_q = sum_p;
   const int64_t V8 = V & ~int64_t(7);
   for (int64_t v = 0; v < V8; v += 8) {
-    const __m256 r = f.vec(v);
+    const __m256 r = f.vec(v, lp, lq);
     fixed_point_acc4(_mm256_cvtps_pd(_mm256_castps256_ps128(r)), ah, al);
     fixed_point_acc4(_mm256_cvtps_pd(_mm256_extractf128_ps(r, 1)), bh, bl);
+    if (kCheck && ((v + 8) & 127) == 0) {
+      sum_p = add_to_double(sum_p, lp.sum);
+      sum_q = add_to_double(sum_q, lq.sum);
+      lp.sum = lq.sum = _mm256_setzero_ps();
+    }
     if (((v + 8) & (kFlushElements - 1)) == 0) {
       flush_words(ah, al, hi, lo);
       flush_words(bh, bl, hi, lo);
@@ -124,17 +148,31 @@ SPECDEC_AVX2 void residual_words_avx2(const TreeResidual<T>& f, int64_t V, int64
   }
   flush_words(ah, al, hi, lo);
   flush_words(bh, bl, hi, lo);
-  for (int64_t v = V8; v < V; ++v) fixed_point_add(f.at(v), hi, lo);
+  double tail_p = 0.0, tail_q = 0.0;
+  double* tp = kCheck ? &tail_p : nullptr;
+  double* tq = kCheck ? &tail_q : nullptr;
+  for (int64_t v = V8; v < V; ++v) fixed_point_add(f.at(v, tp, tq), hi, lo);
+  if constexpr (kCheck) {
+    const double sp = hsum4d(add_to_double(sum_p, lp.sum)) + tail_p;
+    const double sq = hsum4d(add_to_double(sum_q, lq.sum)) + tail_q;
+    f.report(V, lp, sp, lq, sq);
+    if (sums) *sums = {sp, sq, true};
+  }
 }
 #endif
 
-// The fixed-point words of the residual's whole row (order-independent integer sums).
+// The fixed-point words of the residual's whole row (order-independent integer sums). `sums`
+// (check=True, for a functor that checks): set to the sums of the rows read.
 template <typename T>
-void residual_words(const TreeResidual<T>& f, int64_t V, int64_t& hi, int64_t& lo) {
+void residual_words(const TreeResidual<T>& f, int64_t V, int64_t& hi, int64_t& lo, RowSums* sums) {
 #if SPECDEC_HAVE_AVX2
-  if (simd_enabled()) return residual_words_avx2(f, V, hi, lo);
+  if (simd_enabled()) {
+    return f.bad_p ? residual_words_avx2<true>(f, V, hi, lo, sums) : residual_words_avx2<false>(f, V, hi, lo, sums);
+  }
 #endif
-  for (int64_t v = 0; v < V; ++v) fixed_point_add(f.at(v), hi, lo);
+  double sp = 0.0, sq = 0.0;
+  for (int64_t v = 0; v < V; ++v) fixed_point_add(f.at(v, &sp, &sq), hi, lo);
+  if (sums) *sums = {sp, sq, true};
 }
 
 // The next child of `node` after index `after` (children are the later valid nodes whose parent is
@@ -167,8 +205,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cpu(
   if (B == 0) return {out, num_accepted, out_nodes};
   if (check) check_tree_structure(tokens, parents, num_nodes, V, !replacement);
   // check=True: the probabilities are validated as the walk reads them (the tested children's
-  // scalars, the mass passes, the final race); rows of nodes off the walk are never read.
+  // scalars, the mass passes, the final race; the sum of each row a pass reads whole); rows of
+  // nodes off the walk are never read.
   std::vector<TreeValueError> err(check ? B : 0);
+  const double sum_tol = prob_sum_tolerance(target_probs.scalar_type());
 
   const auto tok = tokens.accessor<int64_t, 2>();
   const auto par = parents.accessor<int64_t, 2>();
@@ -203,16 +243,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cpu(
         bool bad_p = false, bad_q = false;
         bool* fp = check ? &bad_p : nullptr;
         bool* fq = check && q ? &bad_q : nullptr;
-        // check=True: the first bad row read on the walk, or a row of zero mass, is reported.
-        auto note = [&](bool zero) {
+        RowSums sums;  // check=True: the sums of this node's rows, once a pass has read them whole
+        RowSums* fs = check ? &sums : nullptr;
+        // check=True: the first bad row read on the walk, a row of zero mass, or a row read whole
+        // whose sum is off 1 (q's only where the pass read q) is reported.
+        auto note = [&](bool zero, bool read_q) {
           if (!check || err[b].code != kChainOk) return;
-          const int8_t code = bad_p ? kTargetBad : zero ? kTargetZeroMass : bad_q ? kDraftBad : kChainOk;
-          if (code != kChainOk) err[b] = {code, node};
+          const bool off_p = sums.read && std::abs(sums.p - 1.0) > sum_tol;
+          const bool off_q = sums.read && read_q && std::abs(sums.q - 1.0) > sum_tol;
+          const int8_t code = bad_p ? kTargetBad : zero ? kTargetZeroMass : off_p ? kTargetSum
+                              : bad_q ? kDraftBad : off_q ? kDraftSum : kChainOk;
+          if (code != kChainOk) err[b] = {code, node, code == kTargetSum ? sums.p : sums.q};
         };
         int64_t child = next_child(prow_par, par_stride, node, node, n_valid);
         if (child < 0) {  // leaf: bonus token from p
-          y = race_row(RowP<scalar_t>{p, fp, 1.f}, V, sample_key);
-          note(y < 0);
+          y = race_row(RowP<scalar_t>{p, fp, 1.f}, V, sample_key, fs);
+          note(y < 0, false);
           break;
         }
         float scale = 0.f;
@@ -230,7 +276,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cpu(
             // Exact mass of the residual: the integer sums of its fixed-point words, minus the
             // words of the excluded tokens (same words, so the difference is exact too).
             int64_t hi = 0, lo = 0;
-            residual_words(TreeResidual<scalar_t>{p, q, scale, nullptr, fp, fq}, V, hi, lo);
+            residual_words(TreeResidual<scalar_t>{p, q, scale, nullptr, fp, fq}, V, hi, lo, fs);
             for (const int64_t s : removed) {
               int64_t shi = 0, slo = 0;
               fixed_point_add(residual(s), shi, slo);
@@ -263,7 +309,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cpu(
           }
         }
         if (chosen >= 0) {
-          note(false);
+          note(false, q != nullptr);
           o_tok[b][a] = tok[b][chosen];
           o_nodes[b][a] = chosen;
           ++a;
@@ -271,17 +317,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cpu(
           continue;
         }
         y = race_row(TreeResidual<scalar_t>{p, q, scale, removed.empty() ? nullptr : &removed, fp, fq}, V,
-                     sample_key);
+                     sample_key, fs);
         // Residual of zero mass: measure zero for valid inputs; fall back to p.
         if (y < 0) y = race_row(RowP<scalar_t>{p}, V, sample_key);
-        note(y < 0);
+        note(y < 0, q != nullptr);
         break;
       }
       o_tok[b][a] = y < 0 ? 0 : y;
       nacc[b] = a;
     });
   });
-  if (check) raise_tree_value_error(err.data(), B, "target_probs");
+  if (check) raise_tree_value_error(err.data(), B, "target_probs", target_probs.scalar_type());
   return {out, num_accepted, out_nodes};
 }
 
@@ -336,7 +382,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_greedy_cpu(
       nacc[b] = a;
     });
   });
-  if (check) raise_tree_value_error(err.data(), B, "target_logits");
+  if (check) raise_tree_value_error(err.data(), B, "target_logits", logits.scalar_type());
   return {out, num_accepted, out_nodes};
 }
 

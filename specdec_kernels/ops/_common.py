@@ -10,6 +10,14 @@ SeedLike = int | torch.Tensor | None
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _MAX_SEED = 2**63
 
+#: check=True: a probability row must have |sum(row) - 1| <= this tolerance (summed in float32 or
+#: wider), by the dtype of the rows. Half-precision rows get more room: a bf16-rounded softmax over
+#: 128k ids can be off by a few tenths of a percent, since its largest probabilities are rounded
+#: with a spacing of 2^-8. The C++ twin (the cpu kernels' checks) is prob_sum_tolerance in
+#: csrc/common/checks.cpp.
+PROB_SUM_TOL = 1e-3  # float32 (and float64) rows
+PROB_SUM_TOL_HALF = 1e-2  # float16 and bfloat16 rows
+
 
 class ChainResult(NamedTuple):
     """Result of chain verification.
@@ -172,6 +180,16 @@ def row_param(v, R: int, lead: tuple[int, ...], device, dtype, name: str) -> tor
             raise ValueError(f"{name} tensor must be an integer tensor, got {v.dtype}")
         return v.to(dtype).contiguous()
     return torch.full((R,), v, dtype=dtype, device=device)
+
+
+def prob_sum_tol(dtype: torch.dtype) -> float:
+    """The tolerance of the sum-to-1 check for probability rows of ``dtype``."""
+    return PROB_SUM_TOL_HALF if dtype in (torch.float16, torch.bfloat16) else PROB_SUM_TOL
+
+
+def prob_sum_rule(dtype: torch.dtype) -> str:
+    """The sum-to-1 rule as the check messages state it, e.g. ``"within 1e-03 for float32"``."""
+    return f"within {prob_sum_tol(dtype):.0e} for {str(dtype).removeprefix('torch.')}"
 
 
 def raise_first(flags, messages: list) -> None:

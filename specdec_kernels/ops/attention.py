@@ -1,4 +1,4 @@
-"""Fused tree attention (ALGORITHMS.md §5): verify a whole tree through a target without a dense mask."""
+"""Fused tree attention (docs/algorithms.md §5): verify a whole tree through a target without a dense mask."""
 
 from __future__ import annotations
 

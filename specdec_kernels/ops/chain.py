@@ -1,4 +1,4 @@
-"""Chain speculative-sampling verification (ALGORITHMS.md §1): the public ops."""
+"""Chain speculative-sampling verification (docs/algorithms.md §1): the public ops."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from .. import _backend
 from ._common import (
     ChainResult,
     SeedLike,
+    prob_sum_rule,
+    prob_sum_tol,
     raise_first,
     require_device,
     require_float,
@@ -74,9 +76,14 @@ def _prob_flags(t: torch.Tensor, used: torch.Tensor, name: str, need_mass: bool)
     bad = (~finite | (x < 0)).any(-1) & used
     flags = [bad.any()]
     msgs = [f"{name} must be finite and non-negative (found NaN, inf or a negative value)"]
+    total = x.sum(-1)  # float32, whatever the dtype of the rows
     if need_mass:
-        flags.append(((x.sum(-1) <= 0) & used).any())
+        flags.append(((total <= 0) & used).any())
         msgs.append(f"{name} has a row with zero total mass")
+    off = ((total - 1).abs() > prob_sum_tol(t.dtype)) & used
+    flags.append(off.any())
+    msgs.append(lambda: f"{name} rows must sum to 1 ({prob_sum_rule(t.dtype)}); found a row summing to "
+                        f"{float(total[off][0]):.6g}")
     return flags, msgs
 
 
@@ -134,8 +141,7 @@ def verify_chain(
         target_probs: target probabilities at the K drafted positions plus the bonus position.
             Shape: (B, K+1, V), float32/float16/bfloat16 (arithmetic in float32). Rows are
             probability distributions: finite, non-negative, summing to 1 (acceptance compares p
-            with q directly, so p and q must share their normalisation; the sampled row itself
-            needs no exact normalisation).
+            with q directly, so p and q must share their normalisation).
         draft_probs: the draft distributions the tokens were drawn from. Shape: (B, K, V), same
             dtype as ``target_probs``. ``None`` means deterministic drafts (greedy drafter,
             n-gram, prompt lookup): q is one-hot at the drafted token, which is accepted with
@@ -150,11 +156,13 @@ def verify_chain(
             and ``offset + 1`` (``VERIFY_CHAIN_OFFSET_STRIDE``): advance it by 2 between calls
             that share a seed. Tensors make the op CUDA-graph safe (update them in place).
         check: validate values (token range, num_draft range, NaN/inf/negative probabilities,
-            zero-mass rows). On CUDA this costs a pass over the inputs and one device sync; the
+            zero-mass rows, rows of ``target_probs`` or ``draft_probs`` that do not sum to 1:
+            ``|sum - 1|`` above 1e-3 for float32 rows, 1e-2 for float16/bfloat16 rows, summed in
+            float32 or wider). On CUDA this costs a pass over the inputs and one device sync; the
             cpu backend validates every probability it reads as it reads it (the tested drafts'
-            scalars, the sampled row; rows it never reads cannot change the result and are not
-            scanned), for a few percent of the call. Pass False on hot paths whose inputs you
-            built yourself. Shapes, dtypes and devices are always checked.
+            scalars, the sampled row and its sum; rows it never reads cannot change the result
+            and are not scanned), for a few percent of the call. Pass False on hot paths whose
+            inputs you built yourself. Shapes, dtypes and devices are always checked.
         generator: used only to draw ``seed`` when it is None.
 
     Returns:

@@ -1,4 +1,4 @@
-"""Draft entropy and the AdaEDL early-stopping rule (ALGORITHMS.md §6): the public ops."""
+"""Draft entropy and the AdaEDL early-stopping rule (docs/algorithms.md §6): the public ops."""
 
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ def draft_entropy(logits: torch.Tensor, *, temperature: float | torch.Tensor = 1
 def adaedl_stop(logits: torch.Tensor, threshold: float | torch.Tensor, *, gamma: float = 0.2,
                 temperature: float | torch.Tensor = 1.0, check: bool = True) -> torch.Tensor:
     """AdaEDL's stop rule: stop drafting when the acceptance lower bound 1 - sqrt(gamma * H) falls
-    below the threshold (ALGORITHMS.md §6).
+    below the threshold (docs/algorithms.md §6).
 
     Args:
         logits: the draft's next-token logits. Shape: (R, V) or (..., V).

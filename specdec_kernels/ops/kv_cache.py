@@ -1,4 +1,4 @@
-"""KV-cache compaction after tree verification (ALGORITHMS.md §5): keep the accepted path only.
+"""KV-cache compaction after tree verification (docs/algorithms.md §5): keep the accepted path only.
 
 During verification tree node i occupies cache slot ``prefix + i`` (node 0, the root, at
 ``prefix``). Once :func:`specdec_kernels.verify_tree` has chosen a path, the key/value entries of

@@ -1,4 +1,4 @@
-"""Drafter-distillation losses (ALGORITHMS.md §7): TVD++, TVD and forward KL with fused kernels.
+"""Drafter-distillation losses (docs/algorithms.md §7): TVD++, TVD and forward KL with fused kernels.
 
 Each loss is the mean over the unmasked positions of a per-position divergence between the
 student q = softmax(student_logits) and the teacher probabilities p. The forward pass is one fused

@@ -1,4 +1,4 @@
-"""Tree speculative decoding (ALGORITHMS.md §4-5): masks, positions, exact verification, KV compaction.
+"""Tree speculative decoding (docs/algorithms.md §4-5): masks, positions, exact verification, KV compaction.
 
 Tree format, shared by every tree op:
 
@@ -23,6 +23,8 @@ from .. import _backend
 from ._common import (
     SeedLike,
     TreeResult,
+    prob_sum_rule,
+    prob_sum_tol,
     raise_first,
     require_device,
     require_float,
@@ -179,8 +181,9 @@ def _prob_flags(t, valid, name: str, need_mass: bool):
                 f"(found NaN, inf, a negative value or a value above 1)")
 
     msgs = [bad_msg]
+    total = x.sum(-1)  # float32, whatever the dtype of the rows
     if need_mass:
-        zero = (x.sum(-1) <= 0) & valid
+        zero = (total <= 0) & valid
         flags.append(zero.any())
 
         def zero_msg():
@@ -188,6 +191,15 @@ def _prob_flags(t, valid, name: str, need_mass: bool):
             return f"{name}[{b}, {n}] (node {n}) has zero total mass"
 
         msgs.append(zero_msg)
+    off = ((total - 1).abs() > prob_sum_tol(t.dtype)) & valid
+    flags.append(off.any())
+
+    def sum_msg():
+        b, n = _first(off)
+        return (f"{name}[{b}, {n}] (node {n}) must sum to 1 ({prob_sum_rule(t.dtype)}); it sums to "
+                f"{float(total[b, n]):.6g}")
+
+    msgs.append(sum_msg)
     return flags, msgs
 
 
@@ -438,9 +450,11 @@ def verify_tree(
             the Philox draws ``offset`` and ``offset + 1`` (``VERIFY_TREE_OFFSET_STRIDE``).
         check: validate the tree (root -1, parents precede children, ragged counts), tokens in
             range, distinct siblings when ``replacement=False``, probability rows (finite, in
-            [0, 1], target rows with mass). One device sync on CUDA; the cpu backend checks the
-            tree in C++ and every probability its walk reads as it reads it (rows of nodes off
-            the walk cannot change the result and are not scanned). Errors name the node.
+            [0, 1], target rows with mass, rows summing to 1: ``|sum - 1|`` at most 1e-3 for
+            float32 rows, 1e-2 for float16/bfloat16 rows, summed in float32 or wider). One
+            device sync on CUDA; the cpu backend checks the tree in C++ and every probability its
+            walk reads as it reads it (the sum of a row it reads in full; rows of nodes off the
+            walk cannot change the result and are not scanned). Errors name the node.
 
     Returns:
         TreeResult(tokens, num_accepted, accepted_nodes): see :class:`specdec_kernels.TreeResult`.

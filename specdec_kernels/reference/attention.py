@@ -1,4 +1,4 @@
-"""Plain-PyTorch ground truth of tree attention (ALGORITHMS.md §5): every tree node attends to the
+"""Plain-PyTorch ground truth of tree attention (docs/algorithms.md §5): every tree node attends to the
 first ``cache_seqlens[b]`` cache entries and to the tree nodes its packed mask row allows.
 
 Computed in float64 with a dense visibility matrix built from the bits: slow, obvious, the spec. A

@@ -1,4 +1,4 @@
-"""Plain-PyTorch ground truth for chain verification (ALGORITHMS.md §1).
+"""Plain-PyTorch ground truth for chain verification (docs/algorithms.md §1).
 
 Slow and obvious on purpose: a Python loop over requests and positions, float32 arithmetic exactly
 as the kernels do it. Same signatures as the public ops in ``specdec_kernels.ops.chain``.

@@ -1,4 +1,4 @@
-"""Plain-PyTorch ground truth for draft entropy and the AdaEDL stop rule (ALGORITHMS.md §6).
+"""Plain-PyTorch ground truth for draft entropy and the AdaEDL stop rule (docs/algorithms.md §6).
 
 H = -sum_x p(x) log p(x) with p = softmax(logits / T), computed here in float64 (the exactly
 rounded value is the spec; the kernels accumulate in float32 or double and are compared with a

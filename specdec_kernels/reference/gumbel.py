@@ -1,4 +1,4 @@
-"""Plain-PyTorch ground truth for sampling without replacement (ALGORITHMS.md §2-3).
+"""Plain-PyTorch ground truth for sampling without replacement (docs/algorithms.md §2-3).
 
 This file is the arithmetic spec every backend follows, step by step, in float32:
 
@@ -115,7 +115,7 @@ def log1mexp(a: torch.Tensor) -> torch.Tensor:
 
 def truncated_score(G: torch.Tensor, Z: torch.Tensor, Gt: torch.Tensor) -> torch.Tensor:
     """-log(exp(-G) - exp(-Z) + exp(-Gt)): a Gumbel with location Gt truncated at G, given the max
-    Z of the siblings (ALGORITHMS.md §3), in the stable form; exactly G where Gt == Z."""
+    Z of the siblings (docs/algorithms.md §3), in the stable form; exactly G where Gt == Z."""
     t = G - Gt + log1mexp(torch.clamp(Gt - Z, max=0.0))
     out = G - torch.clamp(t, min=0.0) - torch.log1p(torch.exp(-t.abs()))
     return torch.where(Gt >= Z, G, out)

@@ -1,10 +1,10 @@
-"""Plain-PyTorch ground truth for the drafter-distillation losses (ALGORITHMS.md §7).
+"""Plain-PyTorch ground truth for the drafter-distillation losses (docs/algorithms.md §7).
 
 Student q = softmax(student_logits), teacher p (probabilities), per position; positions where
 ``mask`` is False are ignored, and every loss is the mean over the unmasked positions.
 
 * tv:    value (1/n) sum_pos 1/2 sum_x |p(x) - q(x)|. Its gradient with respect to the student
-         logits is the policy gradient of ALGORITHMS.md §7: d/dz_j = -(1/n) q_j (r_j - E_q[r]) with
+         logits is the policy gradient of docs/algorithms.md §7: d/dz_j = -(1/n) q_j (r_j - E_q[r]) with
          reward r(x) = 1[p(x) > q(x)] (exactly the gradient of the value, ties p = q aside).
 * tvdpp: the same value; the gradient uses the standardised reward r^ = (r - mean) / std (TVD++),
          with mean and std taken per position over the vocabulary (normalize="vocab") or over all

@@ -1,4 +1,4 @@
-"""Plain-PyTorch ground truth for the tree ops (ALGORITHMS.md §4-5): the arithmetic spec in code.
+"""Plain-PyTorch ground truth for the tree ops (docs/algorithms.md §4-5): the arithmetic spec in code.
 
 Tree format (every tree op): ``parents`` int64 [B, N], ``parents[b, 0] = -1`` (node 0 is the root:
 the last committed token), ``0 <= parents[b, i] < i`` for ``1 <= i < num_nodes[b]``; nodes at or
@@ -6,7 +6,7 @@ beyond ``num_nodes[b]`` are padding. The children of a node are the valid nodes 
 in increasing index order (= draw order). Every backend walks only to LATER indices (children of
 node n are searched among n+1..num_nodes-1), so even an invalid tree passed with check=False ends.
 
-verify_tree, per request (recursive rejection sampling, ALGORITHMS.md §4). Randomness: Philox
+verify_tree, per request (recursive rejection sampling, docs/algorithms.md §4). Randomness: Philox
 draw ``offset`` (slot 0) gives child node i its acceptance uniform u_i at element i - 1 (each node
 is tested at most once); draw ``offset + 1`` (slot 1) gives the one final sample its uniforms at
 element = vocabulary index. Streams as verify_chain (``VERIFY_TREE_OFFSET_STRIDE`` = 2). With

@@ -1,4 +1,4 @@
-"""Chain verification (ALGORITHMS.md §1) in Triton: kernels and launchers.
+"""Chain verification (docs/algorithms.md §1) in Triton: kernels and launchers.
 
 Bit-identical to ``specdec_kernels.reference.chain`` and csrc/cpu/chain.cpp: same acceptance rule
 ``u * q < p`` in float32 (u = slot-0 uniform of element = position), same exponential race (key

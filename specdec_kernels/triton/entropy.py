@@ -1,4 +1,4 @@
-"""draft_entropy (ALGORITHMS.md §6) in Triton: one program per ROWS rows, one pass over V.
+"""draft_entropy (docs/algorithms.md §6) in Triton: one program per ROWS rows, one pass over V.
 
 Per row an online softmax state over BLOCK-wide tiles: m (running max of s = x / T),
 Z = sum exp(s - m), A = sum exp(s - m) (s - m); a new tile rescales the state by exp(m_old - m_new)

@@ -1,4 +1,4 @@
-"""Sampling without replacement (ALGORITHMS.md §2-3) in Triton: Gumbel-Top-k and one Stochastic
+"""Sampling without replacement (docs/algorithms.md §2-3) in Triton: Gumbel-Top-k and one Stochastic
 Beam Search step, kernels and launchers.
 
 Same arithmetic as ``specdec_kernels.reference.gumbel`` (the spec) and csrc/cpu/gumbel.cpp: s = x / T
@@ -50,7 +50,7 @@ def _expm1(a):
 
 @triton.jit
 def _truncated_score(G, Z, Gt):
-    # -log(exp(-G) - exp(-Z) + exp(-Gt)) in the stable form of ALGORITHMS.md §3; G where Gt >= Z.
+    # -log(exp(-G) - exp(-Z) + exp(-Gt)) in the stable form of docs/algorithms.md §3; G where Gt >= Z.
     a = tl.minimum(Gt - Z, 0.0)
     # Each branch of the select gets an argument in its own range, so neither evaluates log(0)
     # (the Gt >= Z case, a = 0, returns G below).

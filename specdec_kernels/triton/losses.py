@@ -1,4 +1,4 @@
-"""Distillation losses (ALGORITHMS.md §7) in Triton: fused forward and backward kernels.
+"""Distillation losses (docs/algorithms.md §7) in Triton: fused forward and backward kernels.
 
 Forward, one program per ROWS rows: an online log-sum-exp pass over the student row, then one pass
 computing q = exp(z - lse) against the teacher row; 4 float32 per row come out (lse, value, a, c;

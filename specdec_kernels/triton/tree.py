@@ -1,4 +1,4 @@
-"""Tree ops (ALGORITHMS.md §4-5) in Triton: exact tree verification, greedy verification, tree
+"""Tree ops (docs/algorithms.md §4-5) in Triton: exact tree verification, greedy verification, tree
 attention masks and position ids.
 
 Bit-identical to ``specdec_kernels.reference.tree`` (the arithmetic spec) and csrc/cpu/tree.cpp:
