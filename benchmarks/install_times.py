@@ -101,10 +101,16 @@ def main(argv=None) -> int:
     install, last = command.rsplit(" && ", 1)
     print(f"clone: {clone}\ncommand: {command}", flush=True)
 
+    transcript: list[str] = []
+
     def run(part: str) -> tuple[float, int]:
         t0 = time.perf_counter()
-        rc = subprocess.run(["bash", "-c", part], cwd=clone, env=env).returncode
-        return time.perf_counter() - t0, rc
+        proc = subprocess.Popen(["bash", "-c", part], cwd=clone, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:  # shown as it comes, and kept for the results folder
+            print(line, end="", flush=True)
+            transcript.append(line)
+        return time.perf_counter() - t0, proc.wait()
 
     install_s, rc = run(install)
     run_s = float("nan")
@@ -127,7 +133,15 @@ def main(argv=None) -> int:
         if new:
             w.writeheader()
         w.writerow(row)
-    print(row, f"\nappended to {path}", sep="\n")
+    # what the run printed, and (main job) the demo's summaries, next to the times
+    stem = path[: -len(".csv")] + f"-{args.which}" + ("-" + slug(" ".join(args.env)) if args.env else "")
+    with open(stem + ".log", "w", encoding="utf-8") as f:
+        f.write(f"$ {command}\n" + "".join(transcript))
+    for name in ("real_summary.csv", "demo.csv"):
+        src = os.path.join(clone, "specdec_demo", name)
+        if os.path.isfile(src):
+            shutil.copy(src, f"{stem}-{name}")
+    print(row, f"\nappended to {path}; output in {stem}.log", sep="\n")
     if not args.keep:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0 if rc == 0 else 1

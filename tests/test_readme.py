@@ -329,3 +329,20 @@ def test_link_checker_on_a_sample(tmp_path: Path) -> None:
         "[ok](a.md#title-1) [gone](missing.md) [bad](a.md#nope) `[code](skipped.md)` [web](https://x.y)\n"
     )
     assert relative_links(tmp_path / "b.md") == ["a.md#title-1", "missing.md", "a.md#nope"]
+
+
+def test_setup_commands_are_the_ones_ci_and_the_timing_script_run() -> None:
+    """The README's two set-up commands: the test command is .ci/run's last line verbatim (CI runs
+    nothing weaker), and benchmarks/install_times.py finds exactly one of each (it times them)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import install_times
+    finally:
+        sys.path.pop(0)
+    text = README.read_text(encoding="utf-8")
+    main, test = install_times.readme_command(text, "main"), install_times.readme_command(text, "test")
+    ci_lines = [ln for ln in (ROOT / ".ci" / "run").read_text().splitlines() if ln.strip()]
+    assert ci_lines[-1] == test
+    assert main.endswith("&& specdec demo") and "SPECDEC_CUDA" not in main
+    with pytest.raises(SystemExit):
+        install_times.readme_command(text.replace(main, ""), "main")

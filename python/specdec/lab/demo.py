@@ -333,8 +333,9 @@ def _log_showcase(log: Callable, ex: scenes.Example, outputs: dict, greedy_tau: 
     text = tok.decode(outputs[best])
     differ = [c.label for c in outputs if outputs[c] != outputs[best]]
     log(f"scene.png, prompt: {ex.question}")
-    log(f"  ground truth : {ex.scene.describe()}")
-    log(f"  {best.label}, greedy: {text}")
+    log(f"  ground truth : {ex.answer}")
+    verdict = "matches the ground truth" if text == ex.answer else "differs from the ground truth"
+    log(f"  {best.label}, greedy: {text}  ({verdict})")
     if len(outputs) > 1:
         same = "identical" if not differ else "differ in " + ", ".join(differ)
         log(f"  greedy outputs of the other configs: {same}")
