@@ -88,14 +88,14 @@ def main(argv=None) -> int:
         k, v = kv.split("=", 1)
         env[k] = v
     env.pop("VIRTUAL_ENV", None)  # the command makes and activates its own
-    commit = git_commit(ROOT)
-    if commit.endswith("-dirty"):
+    if git_commit(ROOT).endswith("-dirty"):
         print("warning: the checkout has uncommitted changes; the clone times HEAD without them",
               file=sys.stderr)
 
     tmp = tempfile.mkdtemp(prefix="install-times-")
     clone = os.path.join(tmp, "specdec_kernels")
     subprocess.run(["git", "clone", "-q", ROOT, clone], check=True)
+    commit = git_commit(clone)  # what was timed: HEAD, clean
     with open(os.path.join(clone, "README.md"), encoding="utf-8") as f:
         command = readme_command(f.read(), args.which)
     install, last = command.rsplit(" && ", 1)
