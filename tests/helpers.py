@@ -40,3 +40,37 @@ def capture_cuda_graph(fn):
     with torch.cuda.graph(graph):
         static = fn()
     return graph, static
+
+
+#: check=True's stated tolerance for probability rows, |sum - 1| <= tol, by the rows' dtype (README
+#: "API"; the library's constants are specdec_kernels.ops._common.PROB_SUM_TOL*: stated twice on
+#: purpose, so a change there must be a change here too).
+ROW_SUM_TOL = {torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+
+
+def add_to_last(t: torch.Tensor, delta: float) -> torch.Tensor:
+    """Every row of t with delta added to its last entry: rows summing to 1 + delta."""
+    t = t.clone()
+    t[..., -1] += delta
+    return t
+
+
+def assert_row_sum_tolerance(run, check_result, kw: dict, arg: str, dtype, message: str) -> None:
+    """check=True's sum rule on ``kw[arg]``: rows off by half the tolerance (too much or, for
+    float32, too little) pass and ``check_result(result, kw)`` holds; rows off by twice the
+    tolerance raise ``message`` (a regex); check=False does not look. ``run(kw, check)`` calls the
+    op under test."""
+    import pytest
+
+    tol = ROW_SUM_TOL[dtype]
+    within, outside = [add_to_last(kw[arg], 0.5 * tol)], [add_to_last(kw[arg], 2 * tol)]
+    if dtype == torch.float32:
+        within.append(kw[arg] * (1 - 0.5 * tol))
+        outside.append(kw[arg] * (1 - 2 * tol))
+    for rows in within:
+        ok = dict(kw, **{arg: rows})
+        check_result(run(ok, True), ok)
+    for rows in outside:
+        with pytest.raises(ValueError, match=message):
+            run(dict(kw, **{arg: rows}), True)
+    run(dict(kw, **{arg: kw[arg] * 5}), False)

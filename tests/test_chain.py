@@ -8,7 +8,13 @@ import functools
 
 import pytest
 import torch
-from helpers import capture_cuda_graph, to_device, with_generator
+from helpers import (
+    ROW_SUM_TOL,
+    assert_row_sum_tolerance,
+    capture_cuda_graph,
+    to_device,
+    with_generator,
+)
 from scipy import stats
 
 import specdec_kernels as sk
@@ -783,9 +789,6 @@ def test_verify_chain_greedy_bad_inputs(fn, changes, match):
 
 
 # check=True: probability rows must sum to 1, within a tolerance by dtype (ops/_common.py).
-SUM_TOL = {torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 1e-2}
-
-
 def _sum_case(dtype=torch.float32, V=300):
     """B = 2, K = 2 rows that sum to 1 exactly in every dtype (2^-8 on ids [0, 256), 0 on the last
     44: the vector loops' tail). Draft 0 is rejected for sure in both requests (p(x0) = 0 < q(x0)),
@@ -801,15 +804,8 @@ def _sum_case(dtype=torch.float32, V=300):
     return dict(draft_tokens=x, target_probs=p.to(dtype), draft_probs=q.to(dtype))
 
 
-def _add_last(t, delta):
-    """Every row of t with delta added to its last entry (in the tail): rows summing to 1 + delta."""
-    t = t.clone()
-    t[..., -1] += delta
-    return t
-
-
 def _sum_msg(arg, dtype):
-    return rf"{arg} rows must sum to 1 \(within {SUM_TOL[dtype]:.0e} for {str(dtype)[6:]}\)"
+    return rf"{arg} rows must sum to 1 \(within {ROW_SUM_TOL[dtype]:.0e} for {str(dtype)[6:]}\)"
 
 
 @pytest.mark.parametrize("arg", ["target_probs", "draft_probs"])
@@ -829,22 +825,11 @@ def test_verify_chain_unnormalised_rows_raise(backend, arg):
 @pytest.mark.parametrize("arg", ["target_probs", "draft_probs"])
 def test_verify_chain_sum_tolerance(backend, arg, dtype):
     kw = _sum_case(dtype)
-    tol = SUM_TOL[dtype]
-    within = [_add_last(kw[arg], 0.5 * tol)]
-    if dtype == torch.float32:
-        within.append(kw[arg] * (1 - 0.5 * tol))
-    for rows in within:
-        ok = dict(kw, **{arg: rows})
-        res = sk.verify_chain(**to_device(ok, backend.device), seed=1)
-        assert_same(res, ref.verify_chain(**ok, seed=1, check=False))
-    outside = [_add_last(kw[arg], 2 * tol)]
-    if dtype == torch.float32:
-        outside.append(kw[arg] * (1 - 2 * tol))
-    for rows in outside:
-        with pytest.raises(ValueError, match=_sum_msg(arg, dtype)):
-            sk.verify_chain(**to_device(dict(kw, **{arg: rows}), backend.device), seed=1)
-    # check=False does not look
-    sk.verify_chain(**to_device(dict(kw, **{arg: kw[arg] * 5}), backend.device), seed=1, check=False)
+    assert_row_sum_tolerance(
+        lambda k, check: sk.verify_chain(**to_device(k, backend.device), seed=1, check=check),
+        lambda res, k: assert_same(res, ref.verify_chain(**k, seed=1, check=False)),
+        kw, arg, dtype, _sum_msg(arg, dtype),
+    )
 
 
 def test_verify_chain_bf16_softmax_rows_pass(backend):

@@ -254,10 +254,10 @@ def test_readme_shell_block_runs(block: Block, commands: list[str], tmp_path: Pa
 # -- links --------------------------------------------------------------------------------------
 
 
-def _strip_code(text: str) -> str:
-    """The text without fenced blocks, indented code blocks and inline code spans."""
-    lines, out, fence = text.splitlines(), [], None
-    for line in lines:
+def _outside_fences(text: str):
+    """The lines of a Markdown text that are not inside a fenced block (nor its fences)."""
+    fence = None
+    for line in text.splitlines():
         m = _opens(line)
         if fence is None and m:
             fence = m.group(1)
@@ -266,6 +266,13 @@ def _strip_code(text: str) -> str:
             if _closes(fence, line):
                 fence = None
             continue
+        yield line
+
+
+def _strip_code(text: str) -> str:
+    """The text without fenced blocks, indented code blocks and inline code spans."""
+    out = []
+    for line in _outside_fences(text):
         if line.startswith("    ") or line.startswith("\t"):
             continue
         out.append(re.sub(r"`+[^`]*`+", "", line))
@@ -277,16 +284,7 @@ def github_anchors(text: str) -> set[str]:
     spaces to hyphens; a repeated heading gets -1, -2, ..."""
     anchors: set[str] = set()
     seen: dict[str, int] = {}
-    fence = None
-    for line in text.splitlines():
-        m = _opens(line)
-        if fence is None and m:
-            fence = m.group(1)
-            continue
-        if fence is not None:
-            if _closes(fence, line):
-                fence = None
-            continue
+    for line in _outside_fences(text):
         h = re.match(r"^ {0,3}#{1,6}\s+(.*?)\s*#*\s*$", line)
         if not h:
             continue

@@ -17,7 +17,7 @@ import math
 
 import pytest
 import torch
-from helpers import to_device, with_generator
+from helpers import ROW_SUM_TOL, assert_row_sum_tolerance, to_device, with_generator
 from scipy import stats
 
 import specdec_kernels as sk
@@ -1516,9 +1516,6 @@ def test_verify_tree_bad_inputs(fn, changes, match, request):
 
 
 # check=True: probability rows must sum to 1, within a tolerance by dtype (ops/_common.py).
-SUM_TOL = {torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 1e-2}
-
-
 def _sum_tree(dtype=torch.float32, V=300):
     """Root with children 1, 2 (tokens 5, 9) and grandchildren 3-6; rows that sum to 1 exactly in
     every dtype (2^-8 on ids [0, 256), 0 on the last 44: the vector loops' tail). The root's
@@ -1536,15 +1533,8 @@ def _sum_tree(dtype=torch.float32, V=300):
     return dict(tokens=tokens, parents=parents, target_probs=p.to(dtype), draft_probs=q.to(dtype))
 
 
-def _add_last(t, delta):
-    """Every row of t with delta added to its last entry (in the tail): rows summing to 1 + delta."""
-    t = t.clone()
-    t[..., -1] += delta
-    return t
-
-
 def _sum_msg(arg, dtype):
-    return (rf"{arg}\[0, 0\] \(node 0\) must sum to 1 \(within {SUM_TOL[dtype]:.0e} for "
+    return (rf"{arg}\[0, 0\] \(node 0\) must sum to 1 \(within {ROW_SUM_TOL[dtype]:.0e} for "
             rf"{str(dtype)[6:]}\)")
 
 
@@ -1565,21 +1555,11 @@ def test_verify_tree_unnormalised_rows_raise(backend, arg):
 @pytest.mark.parametrize("arg", ["target_probs", "draft_probs"])
 def test_verify_tree_sum_tolerance(backend, arg, dtype):
     kw = _sum_tree(dtype)
-    tol = SUM_TOL[dtype]
-    within = [_add_last(kw[arg], 0.5 * tol)]
-    if dtype == torch.float32:
-        within.append(kw[arg] * (1 - 0.5 * tol))
-    for rows in within:
-        ok = dict(kw, **{arg: rows})
-        res = T.verify_tree(**to_device(ok, backend.device), seed=1)
-        assert_same(res, RT.verify_tree(**ok, seed=1, check=False))
-    outside = [_add_last(kw[arg], 2 * tol)]
-    if dtype == torch.float32:
-        outside.append(kw[arg] * (1 - 2 * tol))
-    for rows in outside:
-        with pytest.raises(ValueError, match=_sum_msg(arg, dtype)):
-            T.verify_tree(**to_device(dict(kw, **{arg: rows}), backend.device), seed=1)
-    T.verify_tree(**to_device(dict(kw, **{arg: kw[arg] * 5}), backend.device), seed=1, check=False)
+    assert_row_sum_tolerance(
+        lambda k, check: T.verify_tree(**to_device(k, backend.device), seed=1, check=check),
+        lambda res, k: assert_same(res, RT.verify_tree(**k, seed=1, check=False)),
+        kw, arg, dtype, _sum_msg(arg, dtype),
+    )
 
 
 def test_verify_tree_bf16_softmax_rows_pass(backend):
