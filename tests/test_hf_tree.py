@@ -11,6 +11,7 @@ import torch
 import specdec_kernels as sk
 
 transformers = pytest.importorskip("transformers")
+from specdec.models import cache_kwarg  # noqa: E402  (past_key_values warns from transformers 5.2x on)
 
 PARENTS = [-1, 0, 0, 1, 1, 2, 3, 3, 6]  # 9 nodes, depth 4, siblings at several levels
 
@@ -41,8 +42,8 @@ def test_tree_forward_equals_per_path_forwards(impl):
     tokens = torch.randint(0, 40, (1, len(PARENTS)), generator=g)
     with torch.no_grad():
         cache = transformers.DynamicCache()
-        model(prefix, past_key_values=cache, use_cache=True)
-        out = model(tokens, past_key_values=cache, use_cache=True,
+        model(prefix, **{cache_kwarg(model): cache}, use_cache=True)
+        out = model(tokens, **{cache_kwarg(model): cache}, use_cache=True,
                     attention_mask=sk.tree_attention_bias(parents, P),
                     position_ids=sk.tree_position_ids(parents, P)).logits
         for i in range(len(PARENTS)):
@@ -58,7 +59,7 @@ def test_verify_then_compact_continues_like_the_accepted_sequence():
     parents = torch.tensor([PARENTS])
     with torch.no_grad():
         cache = transformers.DynamicCache()
-        model(prefix[:, :-1], past_key_values=cache, use_cache=True)  # the root is not cached yet
+        model(prefix[:, :-1], **{cache_kwarg(model): cache}, use_cache=True)  # the root is not cached yet
         root_pos = P - 1
         # Draft the tree from the model itself (distinct siblings by Gumbel-top-k) so paths get accepted.
         tokens = torch.zeros(1, N, dtype=torch.long)
@@ -69,7 +70,7 @@ def test_verify_then_compact_continues_like_the_accepted_sequence():
                 seq = torch.cat([prefix[:, :-1], tokens[:, path_to(PARENTS, n)]], 1)
                 logits = model(seq).logits[0, -1]
                 tokens[0, kids] = sk.gumbel_topk(logits[None], len(kids), seed=n).tokens[0]
-        out = model(tokens, past_key_values=cache, use_cache=True,
+        out = model(tokens, **{cache_kwarg(model): cache}, use_cache=True,
                     attention_mask=sk.tree_attention_bias(parents, root_pos),
                     position_ids=sk.tree_position_ids(parents, root_pos))
         p = torch.softmax(out.logits.float(), -1)
@@ -81,7 +82,7 @@ def test_verify_then_compact_continues_like_the_accepted_sequence():
         assert int(lengths[0]) == cache.get_seq_length() == root_pos + 1 + n
         # Next step: feed the emitted token; the compacted cache must act like prefix + path.
         nxt = res.tokens[:, n:n + 1]
-        cont = model(nxt, past_key_values=cache, use_cache=True).logits[:, -1]
+        cont = model(nxt, **{cache_kwarg(model): cache}, use_cache=True).logits[:, -1]
         accepted = tokens[:, [0] + res.accepted_nodes[0, :n].tolist()]
         fresh = model(torch.cat([prefix[:, :-1], accepted, nxt], 1)).logits[:, -1]
         torch.testing.assert_close(cont, fresh, rtol=1e-5, atol=1e-5)

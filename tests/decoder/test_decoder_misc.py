@@ -16,6 +16,7 @@ import torch
 from transformers import DynamicCache
 
 specdec = pytest.importorskip("specdec")
+from specdec.models import cache_kwarg  # noqa: E402  (past_key_values warns from transformers 5.2x on)
 
 N_NEW = 40
 
@@ -61,7 +62,7 @@ def _fresh_keys(model, seq: list[int], length: int, pixel_values=None, prompt_le
     ids = torch.tensor([seq[:length]])
     with torch.no_grad():
         if pixel_values is None:
-            model(input_ids=ids, past_key_values=cache, use_cache=True)
+            model(input_ids=ids, **{cache_kwarg(model): cache}, use_cache=True)
         else:
             emb = model.get_input_embeddings()(ids).clone()
             feats = torch.cat(list(model.get_image_features(pixel_values=pixel_values).pooler_output), 0)
@@ -69,7 +70,7 @@ def _fresh_keys(model, seq: list[int], length: int, pixel_values=None, prompt_le
             where = [t for t in range(min(prompt_len, length)) if seq[t] == img]
             for k, t in enumerate(where):
                 emb[0, t] = feats[k]
-            model(inputs_embeds=emb, past_key_values=cache, use_cache=True)
+            model(inputs_embeds=emb, **{cache_kwarg(model): cache}, use_cache=True)
     return [layer.keys for layer in cache.layers]
 
 

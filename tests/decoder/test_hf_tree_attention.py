@@ -14,6 +14,7 @@ import specdec_kernels as sk
 transformers = pytest.importorskip("transformers")
 specdec = pytest.importorskip("specdec")
 from specdec.hf_attention import MASK_KWARG, NAME, language_model, use_tree_attention  # noqa: E402
+from specdec.models import cache_kwarg  # noqa: E402  (past_key_values warns from transformers 5.2x on)
 
 PARENTS = [-1, 0, 0, 1, 1, 2, 3, 3, 6]
 
@@ -36,14 +37,14 @@ def test_fused_tree_forward_equals_dense_mask_forward(impl):
     pos = sk.tree_position_ids(parents, P)
     with torch.no_grad():
         c1 = transformers.DynamicCache()
-        model(prefix, past_key_values=c1)
-        want = model(tokens, past_key_values=c1, attention_mask=sk.tree_attention_bias(parents, P),
+        model(prefix, **{cache_kwarg(model): c1})
+        want = model(tokens, **{cache_kwarg(model): c1}, attention_mask=sk.tree_attention_bias(parents, P),
                      position_ids=pos).logits
         with use_tree_attention(model):
             assert model.config._attn_implementation == NAME
             c2 = transformers.DynamicCache()
-            model(prefix, past_key_values=c2)
-            got = model(tokens, past_key_values=c2, position_ids=pos,
+            model(prefix, **{cache_kwarg(model): c2})
+            got = model(tokens, **{cache_kwarg(model): c2}, position_ids=pos,
                         **{MASK_KWARG: sk.tree_attention_mask(parents, packed=True)}).logits
         assert model.config._attn_implementation == impl
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
@@ -58,7 +59,8 @@ def test_fallback_is_exact_causal_attention():
     with torch.no_grad():
         def run():
             cache = transformers.DynamicCache()
-            return [model(seq[:, a:b], past_key_values=cache).logits for a, b in ((0, 7), (7, 11), (11, 12))]
+            kv = {cache_kwarg(model): cache}
+            return [model(seq[:, a:b], **kv).logits for a, b in ((0, 7), (7, 11), (11, 12))]
 
         want = run()
         with use_tree_attention(model):
