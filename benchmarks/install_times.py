@@ -48,6 +48,7 @@ def readme_command(readme: str, which: str) -> str:
 
 
 def machine() -> str:
+    # Not specdec.compare.cpu_name: this script runs before the package (and torch) is installed.
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
