@@ -17,6 +17,10 @@ TORCH_LIBRARY(specdec, m) {
   m.def(
       "verify_chain(Tensor draft_tokens, Tensor target_probs, Tensor? draft_probs, "
       "Tensor? num_draft, Tensor seed, Tensor offset, bool row_streams, bool check=False) -> (Tensor, Tensor)");
+  // Block verification (docs/algorithms.md §9): verify_chain's arguments and draws.
+  m.def(
+      "verify_chain_block(Tensor draft_tokens, Tensor target_probs, Tensor? draft_probs, "
+      "Tensor? num_draft, Tensor seed, Tensor offset, bool row_streams, bool check=False) -> (Tensor, Tensor)");
   m.def(
       "verify_chain_greedy(Tensor draft_tokens, Tensor target_logits, Tensor? num_draft, bool check=False) "
       "-> (Tensor, Tensor)");

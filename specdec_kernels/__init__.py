@@ -21,7 +21,7 @@ from . import _backend
 from ._backend import cpu_simd_level, use_backend, use_cpu_simd
 from .ops._common import BeamStep, ChainResult, TopKSample, TreeResult
 from .ops.attention import TREE_ATTENTION_MAX_NODES, tree_attention
-from .ops.chain import VERIFY_CHAIN_OFFSET_STRIDE, verify_chain, verify_chain_greedy
+from .ops.chain import VERIFY_CHAIN_OFFSET_STRIDE, VERIFY_CHAIN_RULES, verify_chain, verify_chain_greedy
 from .ops.entropy import adaedl_stop, draft_entropy
 from .ops.gumbel import GUMBEL_OFFSET_STRIDE, gumbel_topk, stochastic_beam_step
 from .ops.kv_cache import compact_tree_kv
@@ -74,6 +74,7 @@ __all__ = [
     "gumbel_topk",
     "stochastic_beam_step",
     "VERIFY_CHAIN_OFFSET_STRIDE",
+    "VERIFY_CHAIN_RULES",
     "backends",
     "cpu_simd_level",
     "policies",

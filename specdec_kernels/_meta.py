@@ -60,6 +60,8 @@ def _fakes() -> dict:
     return {
         "verify_chain": lambda draft_tokens, target_probs, draft_probs, num_draft, seed, offset, row_streams,
         check=False: _chain_fake(draft_tokens, target_probs),
+        "verify_chain_block": lambda draft_tokens, target_probs, draft_probs, num_draft, seed, offset,
+        row_streams, check=False: _chain_fake(draft_tokens, target_probs),
         "verify_chain_greedy": lambda draft_tokens, target_logits, num_draft, check=False: _chain_fake(
             draft_tokens, target_logits),
         "gumbel_topk": _gumbel_topk_fake,

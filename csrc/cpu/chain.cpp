@@ -1,7 +1,11 @@
-// Chain verification on the CPU: at::parallel_for over requests. Per request only the scalars
-// p_i(x_i), q_i(x_i) of the drafted tokens are read until the first rejection; then exactly one row
-// (the residual max(0, p - q) of the rejected position, or the bonus row of p) is read in full,
-// and with check=True its sum (and q's) checked in that same pass.
+// Chain verification on the CPU: at::parallel_for over requests.
+// rule="token": per request only the scalars p_i(x_i), q_i(x_i) of the drafted tokens are read
+// until the first rejection; then exactly one row (the residual max(0, p - q) of the rejected
+// position, or the bonus row of p) is read in full, and with check=True its sum (and q's) checked
+// in that same pass.
+// rule="block" (verify_chain_block; spec in specdec_kernels/reference/chain.py): the same scalars
+// of every draft, then a row pair only where the downward scan must weigh a position (eta_i < w_i,
+// stochastic drafts), then the one raced row.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -14,11 +18,55 @@
 #include "../common/checks.h"
 #include "../common/philox.h"
 #include "../common/sampling_math.h"
+#include "fixed_point.h"
 #include "parallel.h"
 #include "race.h"
 
 namespace specdec {
 namespace {
+
+// Block verification's weighted residual fl32(max(0, w p - q)) (sampling_math.h block_residual), a
+// row functor for race_row and residual_words (race.h).
+template <typename T>
+struct BlockResidual {
+  const T* p;
+  const T* q;
+  float w;
+  bool* bad_p = nullptr;
+  bool* bad_q = nullptr;
+  float at(int64_t v, double* sp = nullptr, double* sq = nullptr) const {
+    const float pv = static_cast<float>(p[v]), qv = static_cast<float>(q[v]);
+    if (bad_p) {
+      if (!prob_ok(pv, kFiniteMax)) *bad_p = true;
+      if (sp) *sp += pv;
+    }
+    if (bad_q) {
+      if (!prob_ok(qv, kFiniteMax)) *bad_q = true;
+      if (sq) *sq += qv;
+    }
+    return block_residual(pv, qv, w);
+  }
+#if SPECDEC_HAVE_AVX2
+  SPECDEC_AVX2 __m256 vec(int64_t v, Lanes8& lp, Lanes8& lq) const {
+    const __m256 pv = load8(p + v), qv = load8(q + v);
+    if (bad_p) lanes8_add<true>(lp, pv);
+    if (bad_q) lanes8_add<true>(lq, qv);
+    // w p is exact in double, so the fused multiply-subtract rounds once, like block_residual.
+    const __m256d s = _mm256_set1_pd(static_cast<double>(w)), zero = _mm256_setzero_pd();
+    __m256d lo = _mm256_fmsub_pd(s, _mm256_cvtps_pd(_mm256_castps256_ps128(pv)),
+                                 _mm256_cvtps_pd(_mm256_castps256_ps128(qv)));
+    __m256d hi = _mm256_fmsub_pd(s, _mm256_cvtps_pd(_mm256_extractf128_ps(pv, 1)),
+                                 _mm256_cvtps_pd(_mm256_extractf128_ps(qv, 1)));
+    lo = _mm256_and_pd(lo, _mm256_cmp_pd(lo, zero, _CMP_GT_OQ));  // NaN and <= 0 give 0
+    hi = _mm256_and_pd(hi, _mm256_cmp_pd(hi, zero, _CMP_GT_OQ));
+    return _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo));
+  }
+  SPECDEC_AVX2 void report(int64_t V, const Lanes8& lp, double sp, const Lanes8& lq, double sq) const {
+    if (bad_p && !lanes8_clean(lp, sp, kFiniteMax) && !row_ok(p, V, kFiniteMax)) *bad_p = true;
+    if (bad_q && !lanes8_clean(lq, sq, kFiniteMax) && !row_ok(q, V, kFiniteMax)) *bad_q = true;
+  }
+#endif
+};
 
 std::tuple<at::Tensor, at::Tensor> verify_chain_cpu(const at::Tensor& draft_tokens,
                                                     const at::Tensor& target_probs_in,
@@ -112,6 +160,135 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_cpu(const at::Tensor& draft_toke
   return {tokens, num_accepted};
 }
 
+std::tuple<at::Tensor, at::Tensor> verify_chain_block_cpu(const at::Tensor& draft_tokens,
+                                                          const at::Tensor& target_probs_in,
+                                                          const std::optional<at::Tensor>& draft_probs_in,
+                                                          const std::optional<at::Tensor>& num_draft,
+                                                          const at::Tensor& seed, const at::Tensor& offset,
+                                                          bool row_streams, bool check) {
+  const ChainDims d = check_chain_args(draft_tokens, target_probs_in, draft_probs_in, num_draft,
+                                       "target_probs");
+  check_chain_rng(seed, offset, d.B, target_probs_in);
+  const at::Tensor target_probs = unit_last_stride(target_probs_in);
+  std::optional<at::Tensor> draft_probs;
+  if (draft_probs_in.has_value()) draft_probs = unit_last_stride(*draft_probs_in);
+  const int64_t B = d.B, K = d.K, V = d.V;
+  at::Tensor tokens = at::full({B, K + 1}, -1, draft_tokens.options());
+  at::Tensor num_accepted = at::empty({B}, draft_tokens.options());
+  if (B == 0) return {tokens, num_accepted};
+  if (check) check_chain_structure(draft_tokens, num_draft, K, V);
+  // check=True as in verify_chain_cpu: the values read are validated as they are read, and every
+  // row read whole (the weighed row pairs and the raced row) has its sums checked.
+  std::vector<int8_t> err(check ? B : 0, kChainOk);
+  std::vector<double> err_sum(check ? B : 0, 0.0);
+  const double sum_tol = prob_sum_tolerance(target_probs.scalar_type());
+
+  const auto dt = draft_tokens.accessor<int64_t, 2>();
+  const int64_t* nd = num_draft.has_value() ? num_draft->data_ptr<int64_t>() : nullptr;
+  const int64_t nd_stride = num_draft.has_value() ? num_draft->stride(0) : 0;
+  const int64_t* seeds = seed.data_ptr<int64_t>();
+  const int64_t* offs = offset.data_ptr<int64_t>();
+  auto out = tokens.accessor<int64_t, 2>();
+  int64_t* nacc = num_accepted.data_ptr<int64_t>();
+
+  SPECDEC_DISPATCH_PROBS(target_probs.scalar_type(), "verify_chain_block_cpu", [&] {
+    const scalar_t* P = target_probs.data_ptr<scalar_t>();
+    const scalar_t* Q = draft_probs.has_value() ? draft_probs->data_ptr<scalar_t>() : nullptr;
+    const int64_t pB = target_probs.stride(0), pK = target_probs.stride(1);
+    const int64_t qB = Q ? draft_probs->stride(0) : 0, qK = Q ? draft_probs->stride(1) : 0;
+    parallel_requests(B, [&](int64_t b) {
+      const int64_t n = nd ? std::clamp<int64_t>(nd[b * nd_stride], 0, K) : K;
+      const int64_t stream = row_streams ? b : 0;
+      const DrawKey accept_key = make_draw_key(seeds[b * seed.stride(0)],
+                                               offs[b * offset.stride(0)], 0, stream);
+      bool bad_p = false, bad_q = false;
+      bool* fp = check ? &bad_p : nullptr;
+      bool* fq = check && Q ? &bad_q : nullptr;
+      // check=True: the first sum found off 1 among the rows read whole, for p and for q.
+      bool off_p = false, off_q = false;
+      double sum_p = 0.0, sum_q = 0.0;
+      auto judge = [&](const RowSums& s, bool with_q) {
+        if (!off_p && std::abs(s.p - 1.0) > sum_tol) off_p = true, sum_p = s.p;
+        if (with_q && !off_q && std::abs(s.q - 1.0) > sum_tol) off_q = true, sum_q = s.q;
+      };
+      // The scalars of every valid draft and the running weights w_0..w_n (0 from the first
+      // out-of-range draft on: it is never read).
+      std::vector<float> px(n), qx(n), w(n + 1, 0.f);
+      w[0] = 1.f;
+      int64_t valid = 0;
+      for (; valid < n; ++valid) {
+        const int64_t x = dt[b][valid];
+        if (x < 0 || x >= V) break;
+        px[valid] = static_cast<float>(P[b * pB + valid * pK + x]);
+        qx[valid] = Q ? static_cast<float>(Q[b * qB + valid * qK + x]) : 1.f;
+        if (check) {
+          bad_p |= !prob_ok(px[valid], kFiniteMax);
+          bad_q |= !prob_ok(qx[valid], kFiniteMax);
+        }
+        w[valid + 1] = block_weight(w[valid], px[valid], qx[valid]);
+      }
+      // tau, scanning down from n: tau = n costs nothing more; a step down to i reads row pair i
+      // only when eta_i < w_i (h_i <= w_i); deterministic drafts never read a row here.
+      int64_t tau = 0;
+      if (n == 0 || (valid == n && block_accept_all(draw_uniform(accept_key, static_cast<uint32_t>(n - 1)),
+                                                    qx[n - 1], w[n - 1], px[n - 1]))) {
+        tau = n;
+      } else {
+        for (int64_t i = n - 1; i >= 1; --i) {
+          const float eta = draw_uniform(accept_key, static_cast<uint32_t>(i - 1));
+          if (!(eta < w[i])) continue;
+          double m;
+          if (Q) {
+            int64_t hi = 0, lo = 0;
+            RowSums sums;
+            residual_words(BlockResidual<scalar_t>{P + b * pB + i * pK, Q + b * qB + i * qK, w[i], fp, fq},
+                           V, hi, lo, check ? &sums : nullptr);
+            if (check) judge(sums, true);
+            m = fixed_point_value(hi, lo);
+          } else {
+            m = block_onehot_mass(w[i], i < valid ? px[i] : 0.f);
+          }
+          if (block_accept(eta, m, w[i])) {
+            tau = i;
+            break;
+          }
+        }
+      }
+      for (int64_t a = 0; a < tau; ++a) out[b][a] = dt[b][a];
+      const DrawKey sample_key = make_draw_key(seeds[b * seed.stride(0)],
+                                               offs[b * offset.stride(0)], 1, stream);
+      const scalar_t* prow = P + b * pB + tau * pK;
+      RowSums sums;
+      RowSums* fs = check ? &sums : nullptr;
+      int64_t y;
+      if (tau == n) {
+        y = race_row(RowP<scalar_t>{prow, fp}, V, sample_key, fs);
+      } else {
+        const scalar_t* qrow = Q ? Q + b * qB + tau * qK : nullptr;
+        if (!Q) {
+          y = race_row(RowWithout<scalar_t>{prow, dt[b][tau], fp}, V, sample_key, fs);
+        } else if (tau == 0) {
+          y = race_row(RowResidual<scalar_t>{prow, qrow, fp, fq}, V, sample_key, fs);
+        } else {
+          y = race_row(BlockResidual<scalar_t>{prow, qrow, w[tau], fp, fq}, V, sample_key, fs);
+        }
+        // A residual of zero mass: a measure-zero event for valid inputs; fall back to p itself.
+        if (y < 0) y = race_row(RowP<scalar_t>{prow}, V, sample_key);
+      }
+      out[b][tau] = y < 0 ? 0 : y;
+      nacc[b] = tau;
+      if (check) {
+        judge(sums, Q && tau < n);
+        err[b] = bad_p ? kTargetBad : y < 0 ? kTargetZeroMass : off_p ? kTargetSum
+                 : bad_q ? kDraftBad : off_q ? kDraftSum : kChainOk;
+        err_sum[b] = err[b] == kTargetSum ? sum_p : sum_q;
+      }
+    });
+  });
+  if (check) raise_chain_value_error(err.data(), B, err_sum.data(), target_probs.scalar_type());
+  return {tokens, num_accepted};
+}
+
 std::tuple<at::Tensor, at::Tensor> verify_chain_greedy_cpu(
     const at::Tensor& draft_tokens, const at::Tensor& target_logits_in,
     const std::optional<at::Tensor>& num_draft, bool check) {
@@ -159,6 +336,7 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_greedy_cpu(
 
 TORCH_LIBRARY_IMPL(specdec, CPU, m) {
   m.impl("verify_chain", &verify_chain_cpu);
+  m.impl("verify_chain_block", &verify_chain_block_cpu);
   m.impl("verify_chain_greedy", &verify_chain_greedy_cpu);
 }
 

@@ -21,6 +21,15 @@ from ._common import (
 #: Philox draws one verify_chain call consumes: it uses offsets ``offset`` and ``offset + 1``.
 VERIFY_CHAIN_OFFSET_STRIDE = 2
 
+#: The verification rules of :func:`verify_chain` (docs/algorithms.md §1 and §9).
+VERIFY_CHAIN_RULES = ("token", "block")
+
+
+def _check_rule(rule) -> str:
+    if not isinstance(rule, str) or rule not in VERIFY_CHAIN_RULES:
+        raise ValueError(f"rule must be one of {', '.join(map(repr, VERIFY_CHAIN_RULES))}, got {rule!r}")
+    return rule
+
 
 def _check_chain_shapes(draft_tokens, target, target_name: str, draft_probs=None):
     require_tensor(draft_tokens, "draft_tokens")
@@ -124,16 +133,29 @@ def verify_chain(
     num_draft: torch.Tensor | None = None,
     seed: SeedLike = None,
     offset: int | torch.Tensor = 0,
+    rule: str = "token",
     check: bool = True,
     generator: torch.Generator | None = None,
 ) -> ChainResult:
     """Exact chain speculative sampling: accept a prefix of the drafts and emit one more token.
 
-    For each request, draft ``x_i`` is accepted with probability ``min(1, p_i(x_i) / q_i(x_i))``;
-    at the first rejection a correction is drawn from ``norm(max(0, p_i - q_i))``; when every draft
-    is accepted a bonus token is drawn from ``p_K``. The emitted tokens follow the target law
-    exactly. Only what is needed is read: two scalars per accepted position and a single full
-    row (the rejected or bonus one); rows after the first rejection are never touched.
+    rule="token" (docs/algorithms.md §1): draft ``x_i`` is accepted with probability
+    ``min(1, p_i(x_i) / q_i(x_i))``; at the first rejection a correction is drawn from
+    ``norm(max(0, p_i - q_i))``; when every draft is accepted a bonus token is drawn from ``p_K``.
+    Only what is needed is read: two scalars per accepted position and a single full row (the
+    rejected or bonus one); rows after the first rejection are never touched.
+
+    rule="block" (docs/algorithms.md §9, block verification, Sun et al. 2024): the block of drafts
+    is judged jointly, scanning from the last draft down, with a running weight ``w_i``; the
+    correction after ``tau`` accepted drafts is drawn from ``norm(max(0, w_tau p_tau - q_tau))``.
+    Never fewer accepted tokens in expectation than "token" and optimal for one drafted chain; the
+    same for deterministic drafts (there both rules accept ``x_1..x_i`` with probability
+    ``p(x_1..x_i)``). Reads the scalars, then a row pair only at the positions the downward scan
+    has to weigh (``eta_i < w_i``), then the one sampled row. With K = 1 both rules give the same
+    result bit for bit; greedy verification needs no block rule (block verification of one-hot
+    targets is the argmax rule of :func:`verify_chain_greedy`).
+
+    Both rules emit tokens with exactly the target's law.
 
     Args:
         draft_tokens: the drafted tokens. Shape: (B, K), int64. Positions ``>= num_draft[b]`` are
@@ -153,8 +175,11 @@ def verify_chain(
             default generator). An int gives row b Philox stream b; a tensor gives every request
             the stream of its own seed, independent of its batch position. Values in [0, 2**63).
         offset: int or int64 tensor of shape () or (B,). A call uses the Philox draws ``offset``
-            and ``offset + 1`` (``VERIFY_CHAIN_OFFSET_STRIDE``): advance it by 2 between calls
-            that share a seed. Tensors make the op CUDA-graph safe (update them in place).
+            and ``offset + 1`` (``VERIFY_CHAIN_OFFSET_STRIDE``), whatever the rule: advance it by 2
+            between calls that share a seed. Tensors make the op CUDA-graph safe (update them in
+            place). The arithmetic and the use of each draw are specified in
+            ``specdec_kernels/reference/chain.py``; every backend gives the same tokens.
+        rule: "token" (default) or "block" (see above).
         check: validate values (token range, num_draft range, NaN/inf/negative probabilities,
             zero-mass rows, rows of ``target_probs`` or ``draft_probs`` that do not sum to 1:
             ``|sum - 1|`` above 1e-3 for float32 rows, 1e-2 for float16/bfloat16 rows, summed in
@@ -182,6 +207,7 @@ def verify_chain(
         >>> out.tokens.shape, out.num_accepted.shape
         (torch.Size([2, 4]), torch.Size([2]))
     """
+    _check_rule(rule)
     dev = require_tensor(target_probs, "target_probs").device
     backend = _backend.select("verify_chain", dev)
     # The cpu kernel checks the values it reads itself, in its own pass (csrc/common/checks.cpp).
@@ -193,13 +219,15 @@ def verify_chain(
 
         return ref(draft_tokens, target_probs, draft_probs, num_draft=nd,
                    seed=seeds if not row_streams else int(seeds[0]) if B else 0,
-                   offset=offsets, check=False)
+                   offset=offsets, rule=rule, check=False)
     if backend == "triton":
-        from ..triton.chain import verify_chain as tri
+        from ..triton import chain as tri
 
-        return ChainResult(*tri(draft_tokens, target_probs, draft_probs, nd, seeds, offsets, row_streams))
-    return ChainResult(*torch.ops.specdec.verify_chain(draft_tokens, target_probs, draft_probs, nd, seeds,
-                                                       offsets, row_streams, check and backend == "cpu"))
+        fn = tri.verify_chain if rule == "token" else tri.verify_chain_block
+        return ChainResult(*fn(draft_tokens, target_probs, draft_probs, nd, seeds, offsets, row_streams))
+    op = torch.ops.specdec.verify_chain if rule == "token" else torch.ops.specdec.verify_chain_block
+    return ChainResult(*op(draft_tokens, target_probs, draft_probs, nd, seeds, offsets, row_streams,
+                           check and backend == "cpu"))
 
 
 def verify_chain_greedy(
