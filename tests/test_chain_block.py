@@ -506,3 +506,56 @@ def test_block_cuda_graph_capture_replay(cuda_backend):
         graph.replay()
         torch.cuda.synchronize()
         assert_same(static, sk.verify_chain(x, p, q, seed=seed, offset=offset.clone(), rule="block"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Near-ties: the cpu kernel decides most weighed positions from a fast float64 sum and falls back
+# to the exact fixed-point mass only when that sum is within 1e-9 of the threshold
+# t = eta (1 - w) / (1 - eta): inputs built to land there must still give the reference's result.
+# ----------------------------------------------------------------------------------------------
+
+
+def _near_tie_case(seed: int, V: int, nudge: int):
+    """B = 1, K = 2, V >= 3001: w_1 = 0.625 and the residual of row 1 has mass t +- ulps."""
+    from specdec_kernels.reference._philox import draw_uniform
+
+    eta1, eta2 = draw_uniform(torch.tensor(seed), torch.tensor(0), 0, torch.tensor(0),
+                              torch.arange(2)).tolist()
+    w1 = 0.625
+    if not eta1 < w1:
+        return None
+    t = eta1 * (1 - w1) / (1 - eta1)
+    f32 = lambda v: float(torch.tensor(v, dtype=torch.float64).to(torch.float32))  # noqa: E731
+    a = f32(t / w1 * (1 - 1e-6))
+    r0 = f32(w1 * a)
+    b = f32((t - r0) / w1)
+    b = float(torch.nextafter(torch.tensor(b), torch.tensor(2.0 if nudge > 0 else 0.0))) if nudge else b
+    if a + b >= 1 or not eta2 >= f32(w1 * (1 - a - b)):
+        return None
+    p = torch.zeros(1, 3, V)
+    q = torch.zeros(1, 2, V)
+    p[0, 0, :3] = torch.tensor([0.5, 0.25, 0.25])
+    q[0, 0, :3] = torch.tensor([0.8, 0.1, 0.1])
+    p[0, 1, 5], p[0, 1, 3000], p[0, 1, V - 1] = a, b, 1 - a - b
+    q[0, 1, V - 1] = 1.0
+    p[0, 2, 7] = 1.0
+    m = f32(w1 * a) + f32(w1 * b)
+    return dict(draft_tokens=torch.tensor([[0, V - 1]]), target_probs=p, draft_probs=q), m, t
+
+
+def test_block_near_tie_matches_reference(backend):
+    found = 0
+    for seed in range(200):
+        for nudge in (-1, 0, 1):
+            case = _near_tie_case(seed, 4099, nudge)
+            if case is None:
+                continue
+            inputs, m, t = case
+            assert abs(m - t) < 1e-9 * t  # inside the band where the exact mass decides
+            expected = ref.verify_chain(**inputs, seed=seed, rule="block", check=False)
+            got = sk.verify_chain(**to_device(inputs, backend.device), seed=seed, rule="block", check=False)
+            assert_same(got, expected)
+            found += 1
+        if found >= 12:
+            break
+    assert found >= 12

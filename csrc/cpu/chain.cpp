@@ -160,6 +160,29 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_cpu(const at::Tensor& draft_toke
   return {tokens, num_accepted};
 }
 
+// Weigh position i of the downward scan: block_accept(eta, m_i, w) with m_i the exact fixed-point
+// mass of the weighted residual row f, computed cheaply. The decision is m_i > t = eta (1 - w) /
+// (1 - eta) in exact arithmetic; a plain float64 sum (row_sum, a quarter of the fixed-point pass's
+// arithmetic; the pass is compute-bound, the row pair is read at well below copy bandwidth) is
+// within 1e-9 m_i of the exact mass for V < 2^21 (and the fixed-point truncation within V 2^-64),
+// so when it is further than that from t (with a 1e-9 relative margin that no rounding of
+// block_accept's few float64 operations can cross), the decision is block_accept's on the exact
+// mass. Otherwise (a near-tie) the exact pass decides. Same results as the reference, bit for bit.
+// The sum stops reading the row once it is certain to exceed t (a partial sum s with
+// s (1 - 1e-9) > t (1 + 1e-9) + 1e-12 passes the test below, and the whole sum is larger).
+template <typename F>
+bool block_weigh(const F& f, int64_t V, float eta, float w, RowSums* sums) {
+  const double e = static_cast<double>(eta);
+  const double t = e * (1.0 - static_cast<double>(w)) / (1.0 - e);
+  const double approx = row_sum(f, V, sums, (t * (1.0 + 1e-9) + 1e-12) / (1.0 - 1e-9));
+  const double slack = 1e-9 * (approx + t) + 1e-12;
+  if (approx - slack > t) return true;
+  if (approx + slack < t) return false;
+  int64_t hi = 0, lo = 0;
+  residual_words(f, V, hi, lo, nullptr);
+  return block_accept(eta, fixed_point_value(hi, lo), w);
+}
+
 std::tuple<at::Tensor, at::Tensor> verify_chain_block_cpu(const at::Tensor& draft_tokens,
                                                           const at::Tensor& target_probs_in,
                                                           const std::optional<at::Tensor>& draft_probs_in,
@@ -178,7 +201,8 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_block_cpu(const at::Tensor& draf
   if (B == 0) return {tokens, num_accepted};
   if (check) check_chain_structure(draft_tokens, num_draft, K, V);
   // check=True as in verify_chain_cpu: the values read are validated as they are read, and every
-  // row read whole (the weighed row pairs and the raced row) has its sums checked.
+  // row read whole (the raced row, the weighed row pairs that are not cut short) has its sums
+  // checked.
   std::vector<int8_t> err(check ? B : 0, kChainOk);
   std::vector<double> err_sum(check ? B : 0, 0.0);
   const double sum_tol = prob_sum_tolerance(target_probs.scalar_type());
@@ -208,6 +232,7 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_block_cpu(const at::Tensor& draf
       bool off_p = false, off_q = false;
       double sum_p = 0.0, sum_q = 0.0;
       auto judge = [&](const RowSums& s, bool with_q) {
+        if (!s.read) return;
         if (!off_p && std::abs(s.p - 1.0) > sum_tol) off_p = true, sum_p = s.p;
         if (with_q && !off_q && std::abs(s.q - 1.0) > sum_tol) off_q = true, sum_q = s.q;
       };
@@ -237,18 +262,18 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_block_cpu(const at::Tensor& draf
         for (int64_t i = n - 1; i >= 1; --i) {
           const float eta = draw_uniform(accept_key, static_cast<uint32_t>(i - 1));
           if (!(eta < w[i])) continue;
-          double m;
-          if (Q) {
-            int64_t hi = 0, lo = 0;
+          bool stop;
+          if (w[i] == 1.f) {
+            stop = true;  // h_i = 1: den = m_i, and eta m_i < m_i (or m_i = 0 = den): no row read
+          } else if (Q) {
             RowSums sums;
-            residual_words(BlockResidual<scalar_t>{P + b * pB + i * pK, Q + b * qB + i * qK, w[i], fp, fq},
-                           V, hi, lo, check ? &sums : nullptr);
+            stop = block_weigh(BlockResidual<scalar_t>{P + b * pB + i * pK, Q + b * qB + i * qK, w[i], fp, fq},
+                               V, eta, w[i], check ? &sums : nullptr);
             if (check) judge(sums, true);
-            m = fixed_point_value(hi, lo);
           } else {
-            m = block_onehot_mass(w[i], i < valid ? px[i] : 0.f);
+            stop = block_accept(eta, block_onehot_mass(w[i], i < valid ? px[i] : 0.f), w[i]);
           }
-          if (block_accept(eta, m, w[i])) {
+          if (stop) {
             tau = i;
             break;
           }

@@ -2,7 +2,8 @@
 
     specdec generate --target PATH_OR_NAME --drafter PATH_OR_NAME [--image FILE] --prompt TEXT
                      [--method rsd_s --width 4 --depth 3 | --gamma 5 | --branching 2,2,2]
-                     [--policy adaedl --lam 0.5] [--temperature 0.7 --top-k 0 --top-p 1.0 --seed 0]
+                     [--policy adaedl --lam 0.5] [--verify block]
+                     [--temperature 0.7 --top-k 0 --top-p 1.0 --seed 0]
                      [--max-new-tokens 128] [--dtype float16] [--device cuda] [--json]
 
     specdec demo [--weights DIR] [--out DIR] [--prompts N] [--max-new-tokens N] [--seed N]
@@ -49,6 +50,7 @@ PROG = "specdec"
 # decoder validates method and policy, and the parser takes their lists from it when it can).
 _METHODS = ("ar", "sd", "specinfer", "rsd_c", "rsd_s")
 _POLICIES = ("static", "adaedl", "confidence")
+_VERIFY_RULES = ("token", "block")
 _DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -151,6 +153,15 @@ def _demo_prompts() -> str:
         return "the demo's"
 
 
+def _verify_rules() -> tuple[str, ...]:
+    try:
+        from .decoder import VERIFY_RULES
+
+        return tuple(VERIFY_RULES)
+    except Exception:  # the help must work even with a broken core
+        return _VERIFY_RULES
+
+
 def build_parser() -> argparse.ArgumentParser:
     methods = _core_names("METHODS", _METHODS)
     policies = _core_names("POLICIES", _POLICIES)
@@ -226,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--policy-arg", type=_policy_arg, action="append", default=[], metavar="KEY=VALUE",
                    help="extra keyword argument for the adaedl / confidence policy (repeatable), e.g. "
                    "beta1=0.5")
+    d.add_argument("--verify", default="token", choices=_verify_rules(),
+                   help="chain verification rule of sd: token (draft by draft) or block (the drafts judged "
+                   "jointly: as many accepted or more in expectation, the same exact output law) "
+                   "(default: %(default)s)")
 
     s = g.add_argument_group("sampling")
     s.add_argument("--temperature", type=float, default=0.0,
@@ -589,7 +604,8 @@ def _progress_bar(args: argparse.Namespace, streaming_to_stdout: bool):
 
 def _decoder_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     kw: dict[str, Any] = {"method": args.method, "gamma": args.gamma, "branching": args.branching,
-                          "width": args.width, "depth": args.depth, "policy": args.policy}
+                          "width": args.width, "depth": args.depth, "policy": args.policy,
+                          "verify": args.verify}
     policy_kw = dict(args.policy_arg)
     if args.lam is not None:
         policy_kw["lam"] = args.lam
@@ -609,7 +625,8 @@ def _decoder_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def _draft_shape(args: argparse.Namespace) -> str:
     if args.method == "sd":
         return (f"gamma={args.gamma}" + (f", policy={args.policy}" if args.policy != "static" else "")
-                + (f", lookup n>={args.lookup}" if args.lookup is not None else ""))
+                + (f", lookup n>={args.lookup}" if args.lookup is not None else "")
+                + (f", verify={args.verify}" if args.verify != "token" else ""))
     if args.method in ("specinfer", "rsd_c"):
         return "branching=" + ",".join(map(str, args.branching or []))
     if args.method == "rsd_s":
@@ -634,6 +651,9 @@ def _check_before_loading(args: argparse.Namespace, prompt: str) -> None:
                          "--depth 3")
     if args.policy != "static" and args.method != "sd":
         raise UsageError(f"--policy {args.policy} sets the chain length of --method sd, not {args.method}")
+    if args.verify != "token" and args.method != "sd":
+        raise UsageError(f"--verify {args.verify} is a rule for the chains of --method sd, not "
+                         f"{args.method}")
     if args.lookup is not None and (args.method != "sd" or args.drafter in LOOKUP_NAMES):
         raise UsageError("--lookup adds prompt lookup to a drafter model for --method sd "
                          f"(got --method {args.method} --drafter {args.drafter})")

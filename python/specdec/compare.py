@@ -63,6 +63,7 @@ class System:
                 + (f" {kw['policy']}" if kw.get("policy", "static") != "static" else "")
                 + (f" +lookup n>={kw['lookup_min_ngram']}" if "lookup_min_ngram" in kw else "")
                 + (f" vocab<{kw['draft_vocab']}" if "draft_vocab" in kw else "")
+                + (f" verify={kw['verify']}" if kw.get("verify", "token") != "token" else "")
             )
         if "branching" in kw:
             return "x".join(map(str, kw["branching"]))
@@ -87,6 +88,8 @@ SYSTEMS: tuple[System, ...] = (
         "model+lookup",
         {"gamma": 3, "lookup_min_ngram": 2, "draft_vocab": 16384},
     ),
+    System("sd_block", "ours", "sd", "model", {"gamma": 3, "verify": "block"}),
+    System("sd_v16k_block", "ours", "sd", "model", {"gamma": 3, "draft_vocab": 16384, "verify": "block"}),
     System("sd_adaedl", "ours", "sd", "model", {"gamma": 6, "policy": "adaedl"}),
     System("specinfer", "ours", "specinfer", "model", {"branching": (2, 2, 1)}),
     System("rsd_c", "ours", "rsd_c", "model", {"branching": (3, 2, 1)}),

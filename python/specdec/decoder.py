@@ -1,5 +1,5 @@
 """The speculative decoder: draft, verify the whole chain or tree in ONE target forward, roll back or
-compact both KV caches, repeat (docs/algorithms.md §1-4, 6, 8). Exact for every method: the emitted
+compact both KV caches, repeat (docs/algorithms.md §1-4, 6, 8, 9). Exact for every method: the emitted
 tokens follow the target's law under the requested temperature / top-k / top-p, and at temperature 0
 they equal the target's greedy decoding."""
 
@@ -33,6 +33,10 @@ from .prompt_lookup import NgramIndex, PromptLookup
 METHODS = ("ar", "sd", "specinfer", "rsd_c", "rsd_s")
 #: Draft-length policies for chains (specdec_kernels.policies).
 POLICIES = {"static": None, "adaedl": _policies.AdaEDL, "confidence": _policies.MaxConfidence}
+#: Verification rules for chains ("sd"): "token" accepts draft by draft (docs/algorithms.md §1);
+#: "block" judges the drafted block jointly (§9, block verification), never fewer accepted tokens in
+#: expectation. Both emit exactly the target's law (the ``rule`` of specdec_kernels.verify_chain).
+VERIFY_RULES = ("token", "block")
 
 
 @dataclass
@@ -50,8 +54,9 @@ class GenerationStats:
     op), cache (rollback / compaction); forward_s: inside the forwards of both models (prefill
     excluded); overhead_s: wall time of the rounds outside any model forward, per round;
     target_forward_s: mean time of one target forward (prefill excluded); copied: drafted tokens
-    copied from the context (prompt lookup, alone or with ``lookup=``). On CUDA every timing
-    point synchronises the device, which costs a little speed.
+    copied from the context (prompt lookup, alone or with ``lookup=``); verify: the decoder's chain
+    verification rule, "token" or "block" (``verify=``; "token" for "ar" and the tree methods). On
+    CUDA every timing point synchronises the device, which costs a little speed.
     """
 
     rounds: int = 0
@@ -75,6 +80,7 @@ class GenerationStats:
     overhead_s: float = 0.0
     target_forward_s: float = 0.0
     copied: int = 0
+    verify: str = "token"
     emitted_per_round: list[int] = field(default_factory=list, repr=False)
 
     def as_dict(self) -> dict:
@@ -141,6 +147,13 @@ class SpeculativeDecoder:
             output keeps the target's law. Pays where the output repeats its prompt or itself
             (greedy decoding especially); ``PromptLookup(min_ngram=3)`` copies only after three
             matching tokens.
+        verify: the chain verification rule of "sd" (:data:`VERIFY_RULES`), with every policy and
+            with prompt lookup (alone or as ``lookup=``): "token" (default) accepts draft by draft
+            (docs/algorithms.md §1); "block" judges the drafted block jointly (§9, block
+            verification, Sun et al. 2024): never fewer accepted tokens per round in expectation,
+            and the output keeps exactly the target's law. Tree methods verify with their own rules
+            and "ar" verifies nothing, so "block" is refused there. At temperature 0 nothing changes:
+            block verification of one-hot targets is the argmax rule, and both verify greedily.
 
     Example:
         >>> dec = SpeculativeDecoder(target, drafter, method="rsd_s", width=4, depth=3)  # doctest: +SKIP
@@ -162,10 +175,16 @@ class SpeculativeDecoder:
         lookup: PromptLookup | None = None,
         lookup_gamma: int = 10,
         draft_vocab: int | None = None,
+        verify: str = "token",
         **policy_kwargs,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if not isinstance(verify, str) or verify not in VERIFY_RULES:
+            raise ValueError(f"verify must be one of {VERIFY_RULES}, got {verify!r}")
+        if verify != "token" and method != "sd":
+            why = "'ar' verifies no drafts" if method == "ar" else "tree methods verify with their own rule"
+            raise ValueError(f"verify={verify!r} applies to chains (method 'sd'), not {method!r}: {why}")
         if tree_attention not in ("auto", "fused", "bias"):
             raise ValueError(f"tree_attention must be 'auto', 'fused' or 'bias', got {tree_attention!r}")
         if tree_attention == "fused" and language_model(target) is None:
@@ -194,6 +213,7 @@ class SpeculativeDecoder:
         self.target = target
         self.drafter = drafter if method != "ar" else None
         self.method = method
+        self.verify = verify
         self.branching: tuple[int, ...] | None = None
         self.width = self.depth = None
         if method == "sd":
@@ -383,7 +403,7 @@ class SpeculativeDecoder:
     def _generate(
         self, input_ids, prompt, pixel_values, max_new_tokens, sampler: Sampler, eos_token_id, streamer
     ) -> GenerationResult:
-        stats = GenerationStats(param_ratio=self.param_ratio)
+        stats = GenerationStats(param_ratio=self.param_ratio, verify=self.verify)
         target = SequenceCache(self.target, fused_tree_attention=self.fused)
         clock = _Clock(target.device)
         t0 = clock.now()
@@ -543,7 +563,7 @@ class SpeculativeDecoder:
         K = draft.num_drafted
         if chain:
             d = draft.tokens[:, 1:]
-            if sampler.greedy:
+            if sampler.greedy:  # verify="block" too: block verification of one-hot targets is argmax
                 res = sk.verify_chain_greedy(d, logits[None], check=False)
             else:
                 res = sk.verify_chain(
@@ -552,6 +572,7 @@ class SpeculativeDecoder:
                     None if draft.q is None else draft.q[:, :K],
                     seed=sampler.seed,
                     offset=sampler.take(sk.VERIFY_CHAIN_OFFSET_STRIDE),
+                    rule=self.verify,
                     check=False,
                 )
             n = int(res.num_accepted[0])

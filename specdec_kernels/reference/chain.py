@@ -18,6 +18,7 @@ drafts x_1..x_n (1-based here), every quantity computed as written, with no othe
     tau = n   iff  fl32(eta_n * q_{n-1}(x_n)) < fl32(w_{n-1} * p_{n-1}(x_n))     (h_n = w_n)
     else, for i = n-1 down to 1, stop at the first i with eta_i < h_i = m_i / (m_i + 1 - w_i):
         skip i unread when not (eta_i < w_i)              (m_i <= w_i sum(p_i) = w_i, so h_i <= w_i)
+        (a kernel may stop at i unread when w_i = 1: then den = m_i and the test below accepts)
         m_i = exact 2^-64 fixed-point sum over v of r_i(v),  r_i(v) = fl32(max(0, w_i p_i(v) - q_i(v)))
               (float64: w_i p_i(v) is exact, so an FMA or not gives the same bits everywhere)
         m_i = w_i * fl32(1 - p_i(x_{i+1}))  in float64 (exact product) for deterministic drafts, whose

@@ -41,7 +41,7 @@ PROMPT_SEED = 31_337_000
 #: count forwards); a value that does not apply (ar's acceptance, a speed-up without an ar row) is
 #: None in the rows and "n/a" in the CSV and the table.
 COLUMNS = (
-    "method", "shape", "drafter", "policy", "temperature", "tau", "mbsu", "acceptance_rate",
+    "method", "shape", "drafter", "policy", "verify", "temperature", "tau", "mbsu", "acceptance_rate",
     "tokens_per_s", "speedup", "new_tokens", "rounds", "prompts", "draft_depth", "param_ratio", "wall_s",
 )  # fmt: skip
 NOT_APPLICABLE = "n/a"
@@ -63,6 +63,7 @@ class DemoConfig:
     branching: tuple[int, ...] | None = None
     width: int | None = None
     depth: int | None = None
+    verify: str = "token"  # the chain rule of "sd" (SpeculativeDecoder's verify=)
 
     @property
     def shape(self) -> str:
@@ -83,12 +84,13 @@ class DemoConfig:
         if self.method == "ar":
             return "ar"
         policy = f" {self.policy}" if self.method == "sd" else ""
-        return f"{self.method} {self.shape}{policy} / {self.drafter}"
+        rule = f" verify={self.verify}" if self.verify != "token" else ""
+        return f"{self.method} {self.shape}{policy}{rule} / {self.drafter}"
 
     def decoder_kwargs(self) -> dict:
         kw: dict = {"method": self.method}
         if self.method == "sd":
-            kw.update(gamma=self.gamma, policy=self.policy)
+            kw.update(gamma=self.gamma, policy=self.policy, verify=self.verify)
         elif self.method in ("specinfer", "rsd_c"):
             kw["branching"] = self.branching
         elif self.method == "rsd_s":
@@ -166,6 +168,7 @@ class _Totals:
             "shape": cfg.shape,
             "drafter": cfg.drafter or "-",
             "policy": cfg.policy if cfg.method == "sd" else "-",
+            "verify": cfg.verify,
             "temperature": float(temperature),
             "tau": tau,
             "mbsu": tau / (self.param_ratio * depth + 1),

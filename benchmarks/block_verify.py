@@ -1,0 +1,253 @@
+"""Block verification (docs/algorithms.md §9) against token verification, side by side in one run.
+
+    python benchmarks/block_verify.py                    # kernel time + synthetic tau (a few minutes)
+    python benchmarks/block_verify.py --sections time    # only the kernel timing
+    python benchmarks/block_verify.py --sections lab --lab-prompts 24   # the miniature lab's decoder
+    python benchmarks/block_verify.py --markdown benchmarks/results/block-verify-X.csv
+
+Sections (each writes its rows to the CSV as soon as it ends):
+
+  time       verify_chain(rule="block") / verify_chain(rule="token") on the cpu backend, one torch
+             thread, check=False and check=True, stochastic and deterministic drafts, at
+             B=16 K=5 V=32000 and B=64 K=8 V=128256 (the issue's goal: at most 1.5x). Inputs are the
+             benchmark suite's realistic rows (benchmarks/conftest.py make_inputs); the two rules are
+             timed call by call, interleaved, and compared by their medians. Both results are
+             checked against the reference on the first rows first.
+  synthetic  mean tokens per round (accepted drafts + 1) of both rules on the same drafts and draws:
+             LM-like target rows at temperature T in {0.7, 1.0}, drafters = the target's logits plus
+             N(0, sigma^2) noise, sigma in {0.5, 1, 2}, K = 5, V = 32000, 4096 rounds each; the
+             gain's standard error from the paired differences.
+  lab        the miniature lab's decoder (sd, gamma 3 and 5, text and image drafters) with
+             verify="token" and "block" at T = 0.7 and 1.0: tau and tokens/s.
+
+The real model (SmolLM2-135M with its distilled drafter) is measured by the real-model benchmark
+itself, whose systems include both rules (specdec.compare: sd / sd_block, sd_v16k / sd_v16k_block):
+
+    python benchmarks/real_model_speed.py --systems sd sd_block sd_v16k sd_v16k_block \
+        --temperatures 0.7 1.0 --threads 2 --heldout 8 --repetition 0
+
+Rows carry date, commit, device, torch version and threads; ``ratio`` is block / token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import importlib.util
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+import specdec_kernels as sk
+from specdec_kernels import reference
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+COLUMNS = ["date", "commit", "device", "torch", "section", "case", "B", "K", "V", "dtype", "temperature",
+           "threads", "token", "block", "ratio", "se", "n", "unit"]
+SECTIONS = ("time", "synthetic", "lab")
+TIME_SHAPES = ((16, 5, 32000), (64, 8, 128256))
+
+
+def _load_conftest():
+    spec = importlib.util.spec_from_file_location("specdec_bench_conftest", os.path.join(HERE, "conftest.py"))
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
+                             text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+class Writer:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.meta = {"date": datetime.date.today().isoformat(), "commit": _commit(),
+                     "device": f"{_cpu()} ({os.cpu_count()} cpus)", "torch": torch.__version__}
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w", newline="") as f:
+            csv.DictWriter(f, COLUMNS).writeheader()
+
+    def add(self, **row) -> None:
+        row = {**self.meta, **row}
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, COLUMNS).writerow({k: row.get(k, "") for k in COLUMNS})
+        print(", ".join(f"{k}={row[k]}" for k in COLUMNS[4:] if row.get(k, "") != ""), flush=True)
+
+
+def _median_pair(fa, fb, reps: int) -> tuple[float, float]:
+    """Medians (seconds) of fa and fb, timed call by call, interleaved (order alternating)."""
+    ta, tb = [], []
+    for i in range(reps):
+        for f, t in ((fa, ta), (fb, tb)) if i % 2 == 0 else ((fb, tb), (fa, ta)):
+            t0 = time.perf_counter()
+            f()
+            t.append(time.perf_counter() - t0)
+    return statistics.median(ta), statistics.median(tb)
+
+
+def section_time(w: Writer, reps: int) -> None:
+    bench = _load_conftest()
+    torch.set_num_threads(1)
+    for B, K, V in TIME_SHAPES:
+        inp = bench.make_inputs("cpu", B, K, V, "float32")
+        for drafts in ("stochastic", "deterministic"):
+            q = inp.q if drafts == "stochastic" else None
+            m = min(B, 4)
+            for rule in ("token", "block"):
+                exp = reference.verify_chain(inp.x[:m], inp.p[:m], None if q is None else q[:m],
+                                             seed=inp.seed[:m], offset=inp.offset, rule=rule, check=False)
+                got = sk.verify_chain(inp.x, inp.p, q, seed=inp.seed, offset=inp.offset, rule=rule)
+                bench.check_chain(got, exp, K, V)
+            taus = {r: float(sk.verify_chain(inp.x, inp.p, q, seed=inp.seed, offset=inp.offset, rule=r)
+                             .num_accepted.double().mean()) for r in ("token", "block")}
+            for check in (False, True):
+                def call(rule, check=check, q=q, inp=inp):
+                    return lambda: sk.verify_chain(inp.x, inp.p, q, seed=inp.seed, offset=inp.offset,
+                                                   rule=rule, check=check)
+
+                for _ in range(3):  # warm-up
+                    call("token")()
+                    call("block")()
+                tt, tb = _median_pair(call("token"), call("block"), reps)
+                w.add(section="time", case=f"{drafts} check={check} (mean accepted {taus['token']:.2f} / "
+                      f"{taus['block']:.2f})", B=B, K=K, V=V, dtype="float32", threads=1,
+                      token=f"{tt * 1e6:.1f}", block=f"{tb * 1e6:.1f}", ratio=f"{tb / tt:.3f}", n=reps,
+                      unit="median us per call")
+        del inp
+        bench._INPUT_CACHE.clear()
+
+
+def synthetic_round(B: int, K: int, V: int, temperature: float, sigma: float, seed: int):
+    """LM-like rows (benchmarks/conftest.py's target recipe) at a temperature; drafter = noisy logits."""
+    g = torch.Generator().manual_seed(seed)
+    z = 2.0 * torch.randn(B, K + 1, V, generator=g)
+    mode = torch.randint(0, V, (B, K + 1, 1), generator=g)
+    c = torch.rand(B, K + 1, 1, generator=g) * 6.0 - 2.0
+    z.scatter_add_(-1, mode, math.log(V) + 2.0 + c)
+    zq = z[:, :K] + sigma * torch.randn(B, K, V, generator=g)
+    p = torch.softmax(z / temperature, -1)
+    q = torch.softmax(zq / temperature, -1)
+    x = torch.multinomial(q.reshape(-1, V), 1, generator=g).reshape(B, K)
+    return x, p, q
+
+
+def section_synthetic(w: Writer, rounds: int) -> None:
+    K, V, B = 5, 32000, 512
+    for T in (0.7, 1.0):
+        for sigma in (0.5, 1.0, 2.0):
+            diffs, tok, blk = [], [], []
+            for chunk in range(rounds // B):
+                seed = 1000 * chunk + int(10 * sigma) + int(100 * T)
+                x, p, q = synthetic_round(B, K, V, T, sigma, seed=seed)
+                a = sk.verify_chain(x, p, q, seed=chunk, rule="token").num_accepted.double() + 1
+                b = sk.verify_chain(x, p, q, seed=chunk, rule="block").num_accepted.double() + 1
+                tok.append(a)
+                blk.append(b)
+                diffs.append(b - a)
+            a, b, d = torch.cat(tok), torch.cat(blk), torch.cat(diffs)
+            w.add(section="synthetic", case=f"drafter noise sigma={sigma:g}", B=d.numel(), K=K, V=V,
+                  dtype="float32", temperature=T, threads=torch.get_num_threads(),
+                  token=f"{float(a.mean()):.4f}", block=f"{float(b.mean()):.4f}",
+                  ratio=f"{float(b.mean()) / float(a.mean()):.4f}",
+                  se=f"{float(d.std()) / d.numel() ** 0.5:.4f}",
+                  n=d.numel(), unit="tokens per round")
+
+
+def section_lab(w: Writer, prompts: int, max_new_tokens: int) -> None:
+    import tempfile
+
+    from specdec.lab import demo
+
+    configs = [demo.DemoConfig("sd", drafter=d, gamma=g, verify=v)
+               for g in (3, 5) for d in ("text", "image") for v in ("token", "block")]
+    with tempfile.TemporaryDirectory() as out:
+        rows = demo.run_demo(out_dir=out, prompts=prompts, max_new_tokens=max_new_tokens,
+                             temperatures=(0.7, 1.0), configs=configs, progress=False,
+                             log=lambda *a, **k: None)
+    by = {(r["shape"], r["drafter"], r["temperature"], r["verify"]): r for r in rows}
+    for (shape, drafter, T, v), r in by.items():
+        if v != "token":
+            continue
+        b = by[(shape, drafter, T, "block")]
+        for unit, key in (("tokens per round", "tau"), ("tokens/s", "tokens_per_s")):
+            w.add(section="lab", case=f"sd {shape} / {drafter} drafter ({prompts} prompts)", temperature=T,
+                  threads=torch.get_num_threads(), token=f"{r[key]:.4f}", block=f"{b[key]:.4f}",
+                  ratio=f"{b[key] / r[key]:.4f}", n=r["rounds"], unit=unit)
+
+
+def markdown(path: str) -> str:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for sec in SECTIONS:
+        rs = [r for r in rows if r["section"] == sec]
+        if not rs:
+            continue
+        out.append(f"**{sec}** ({rs[0]['device']}, torch {rs[0]['torch']}, commit {rs[0]['commit']})\n")
+        out.append("| case | shape | T | unit | token | block | block / token |")
+        out.append("|---|---|---|---|---|---|---|")
+        for r in rs:
+            shape = f"B={r['B']} K={r['K']} V={r['V']}" if r["V"] else ""
+            se = f" ± {float(r['se']):.4f}" if r["se"] else ""
+            out.append(f"| {r['case']} | {shape} | {r['temperature']} | {r['unit']} | {r['token']} | "
+                       f"{r['block']} | {r['ratio']}{se} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sections", nargs="+", default=["time", "synthetic"], choices=SECTIONS)
+    ap.add_argument("--reps", type=int, default=41, help="timed calls per rule and configuration")
+    ap.add_argument("--rounds", type=int, default=4096, help="synthetic rounds per configuration")
+    ap.add_argument("--lab-prompts", type=int, default=24)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--out", default=None, help="CSV path (default: benchmarks/results/block-verify-...)")
+    ap.add_argument("--markdown", metavar="CSV", help="print the tables of a results CSV and exit")
+    args = ap.parse_args(argv)
+    if args.markdown:
+        print(markdown(args.markdown))
+        return 0
+    slug = "".join(ch if ch.isalnum() else "-" for ch in _cpu().split(" ")[0].lower())
+    path = args.out or os.path.join(HERE, "results", f"block-verify-{slug}-{os.cpu_count()}-cpus-"
+                                    f"{datetime.date.today().isoformat()}-{_commit()}.csv")
+    w = Writer(path)
+    if "time" in args.sections:
+        section_time(w, args.reps)
+    if "synthetic" in args.sections:
+        section_synthetic(w, args.rounds)
+    if "lab" in args.sections:
+        section_lab(w, args.lab_prompts, args.max_new_tokens)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
