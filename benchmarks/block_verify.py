@@ -4,6 +4,7 @@
     python benchmarks/block_verify.py --sections time    # only the kernel timing
     python benchmarks/block_verify.py --sections lab --lab-prompts 24   # the miniature lab's decoder
     python benchmarks/block_verify.py --markdown benchmarks/results/block-verify-X.csv
+    python benchmarks/block_verify.py --quick --sections time synthetic lab --out /tmp/b.csv  # seconds
 
 Sections (each writes its rows to the CSV as soon as it ends):
 
@@ -53,6 +54,7 @@ COLUMNS = ["date", "commit", "device", "torch", "section", "case", "B", "K", "V"
            "threads", "token", "block", "ratio", "se", "n", "unit"]
 SECTIONS = ("time", "synthetic", "lab")
 TIME_SHAPES = ((16, 5, 32000), (64, 8, 128256))
+QUICK_SHAPES = ((4, 3, 1000),)  # --quick: a smoke test of every section, not a measurement
 
 
 def _load_conftest():
@@ -112,10 +114,11 @@ def _median_pair(fa, fb, reps: int) -> tuple[float, float]:
     return statistics.median(ta), statistics.median(tb)
 
 
-def section_time(w: Writer, reps: int) -> None:
+def section_time(w: Writer, reps: int, shapes=TIME_SHAPES) -> None:
     bench = _load_conftest()
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
-    for B, K, V in TIME_SHAPES:
+    for B, K, V in shapes:
         inp = bench.make_inputs("cpu", B, K, V, "float32")
         for drafts in ("stochastic", "deterministic"):
             q = inp.q if drafts == "stochastic" else None
@@ -142,6 +145,7 @@ def section_time(w: Writer, reps: int) -> None:
                       unit="median us per call")
         del inp
         bench._INPUT_CACHE.clear()
+    torch.set_num_threads(before)
 
 
 def synthetic_round(B: int, K: int, V: int, temperature: float, sigma: float, seed: int):
@@ -158,8 +162,8 @@ def synthetic_round(B: int, K: int, V: int, temperature: float, sigma: float, se
     return x, p, q
 
 
-def section_synthetic(w: Writer, rounds: int) -> None:
-    K, V, B = 5, 32000, 512
+def section_synthetic(w: Writer, rounds: int, V: int = 32000) -> None:
+    K, B = 5, min(512, rounds)
     for T in (0.7, 1.0):
         for sigma in (0.5, 1.0, 2.0):
             diffs, tok, blk = [], [], []
@@ -215,7 +219,8 @@ def markdown(path: str) -> str:
         out.append("|---|---|---|---|---|---|---|")
         for r in rs:
             shape = f"B={r['B']} K={r['K']} V={r['V']}" if r["V"] else ""
-            se = f" ± {float(r['se']):.4f}" if r["se"] else ""
+            se = (f" (+{float(r['block']) - float(r['token']):.3f} ± {float(r['se']):.3f} tokens)"
+                  if r["se"] else "")
             out.append(f"| {r['case']} | {shape} | {r['temperature']} | {r['unit']} | {r['token']} | "
                        f"{r['block']} | {r['ratio']}{se} |")
         out.append("")
@@ -230,21 +235,24 @@ def main(argv=None) -> int:
     ap.add_argument("--lab-prompts", type=int, default=24)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--out", default=None, help="CSV path (default: benchmarks/results/block-verify-...)")
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny sizes for every section (a smoke test: seconds, no meaningful numbers)")
     ap.add_argument("--markdown", metavar="CSV", help="print the tables of a results CSV and exit")
     args = ap.parse_args(argv)
     if args.markdown:
         print(markdown(args.markdown))
         return 0
-    slug = "".join(ch if ch.isalnum() else "-" for ch in _cpu().split(" ")[0].lower())
-    path = args.out or os.path.join(HERE, "results", f"block-verify-{slug}-{os.cpu_count()}-cpus-"
+    name = f"{_cpu()} {os.cpu_count()} cpus".lower()
+    slug = "-".join("".join(ch if ch.isalnum() else " " for ch in name).split())
+    path = args.out or os.path.join(HERE, "results", f"block-verify-{slug}-"
                                     f"{datetime.date.today().isoformat()}-{_commit()}.csv")
     w = Writer(path)
     if "time" in args.sections:
-        section_time(w, args.reps)
+        section_time(w, 3 if args.quick else args.reps, QUICK_SHAPES if args.quick else TIME_SHAPES)
     if "synthetic" in args.sections:
-        section_synthetic(w, args.rounds)
+        section_synthetic(w, 256 if args.quick else args.rounds, 1000 if args.quick else 32000)
     if "lab" in args.sections:
-        section_lab(w, args.lab_prompts, args.max_new_tokens)
+        section_lab(w, 1 if args.quick else args.lab_prompts, 8 if args.quick else args.max_new_tokens)
     print(f"wrote {path}")
     return 0
 

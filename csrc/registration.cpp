@@ -47,6 +47,12 @@ TORCH_LIBRARY(specdec, m) {
       "verify_tree(Tensor tokens, Tensor parents, Tensor target_probs, Tensor? draft_probs, "
       "Tensor? num_nodes, bool replacement, Tensor seed, Tensor offset, bool row_streams, bool check=False) "
       "-> (Tensor, Tensor, Tensor)");
+  // Traversal Verification (docs/algorithms.md §9, trees): verify_tree's arguments and draws. CPU only;
+  // on CUDA tensors the Triton kernel runs.
+  m.def(
+      "verify_tree_block(Tensor tokens, Tensor parents, Tensor target_probs, Tensor? draft_probs, "
+      "Tensor? num_nodes, bool replacement, Tensor seed, Tensor offset, bool row_streams, bool check=False) "
+      "-> (Tensor, Tensor, Tensor)");
   m.def(
       "verify_tree_greedy(Tensor tokens, Tensor parents, Tensor target_logits, Tensor? num_nodes, "
       "bool check=False) -> (Tensor, Tensor, Tensor)");

@@ -67,6 +67,7 @@ def _fakes() -> dict:
         "gumbel_topk": _gumbel_topk_fake,
         "stochastic_beam_step": _beam_step_fake,
         "verify_tree": _tree_fake,
+        "verify_tree_block": _tree_fake,
         "verify_tree_greedy": _tree_fake,
         "tree_attention_mask": _tree_mask_fake,
         "tree_position_ids": lambda parents, prefix_len, num_nodes: parents.new_empty(parents.shape),

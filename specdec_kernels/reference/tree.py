@@ -39,6 +39,39 @@ A child whose token is out of range, or already in S_k (duplicates: only with ch
 rejected without changing the state. The first accepted child is descended into; when every child
 is rejected the correction is the exponential race over r_m (slot-1 uniforms; if r_m is all zero,
 the race over p; if p is all zero too, token 0); at a leaf the bonus is the race over p.
+
+verify_tree(rule="block"): Traversal Verification (docs/algorithms.md §9, "Trees"), the tree form of
+block verification. The same draws: node i's test uses u_i (slot 0, element i - 1; every node is
+tested at most once, the root never), the final token the race (slot 1). The tree is walked in
+post-order, children in draw order, each child's whole subtree before the next child; a node is
+tested as a leaf once all its children's subtrees are deleted. Per node n on the walk's stack, the
+same closed-form residual as above, r(x) = fl32(max(0, p(x) - C q(x))) (p(x) for one-hot drafts), 0
+on S, plus its float64 weight w (the root: 1) and mass R (1 at the start):
+
+    child c of n (token x), in draw order; skipped with its whole subtree, state unchanged, if x is
+    out of range or already in S (duplicates: check=False only):
+        w_c = num / den if num < den else (1 if num > 0 else 0)                      (float64)
+              stochastic:  num = (w * r(x)) * (1 - Q_S),  den = R * q(x)   (with replacement 1 - Q_S := 1)
+              one-hot q:   num = w * r(x),                den = R
+              (w_c = 0 without evaluating when w = 0 or R <= 0)
+        w_c > 0: walk c's subtree with weight w_c; if a node of it is accepted, stop.
+        w_c = 0: the subtree is deleted untested (every weight below is 0).
+        c's subtree deleted:  if w = 0 or R <= 0: w = 0.  Else the residual moves on:
+            stochastic:   C' = fl32(min(C + R / (w * (1 - Q_S)), FLT_MAX)) (FLT_MAX if w (1 - Q_S) <= 0;
+                          with replacement R / w); without replacement Q_S += q(x), S += {x}
+                          R' = the exact fixed-point sum of r' (one pass over p_n and q_n), computed
+                          when next needed (the next child's weight, n's own test), never for
+                          the root's last child
+            one-hot q:    S += {x},  R' = R - r(x)
+            m = (w * R') / R,  den = m + (1 - w),  w = m / den if den > 0 else 0,  R = R'
+    then n itself: the root is accepted; another node is accepted iff u_n < w. Accepted: emit the
+    path root -> n, then the race over r of n (p at an undeleted node; if r is all zero, the race over
+    p; if p is all zero too, token 0). Otherwise n's subtree is deleted (in its parent's loop).
+
+Each weight is the probability that the subtree below accepts, given what was deleted before
+(w_c = min(1, w P(x) / Q(x)) with P = r / R and Q the law x was drawn from); on a chain this is §9's
+rule, scanning down from the last draft. Rows read: the scalars of every child reached, then one
+row pair per deletion at a node whose weight must move on, then the one raced row.
 """
 
 from __future__ import annotations
@@ -74,6 +107,73 @@ def _valid_count(num_nodes: torch.Tensor | None, b: int, N: int) -> int:
     return N if num_nodes is None else min(max(int(num_nodes[b]), 1), N)
 
 
+def _tree_block_row(P, Q, tok, par, b, n_valid, replacement, u_accept):
+    """(accepted nodes in depth order, node n, row to race) of rule="block" for request b: the module
+    docstring's arithmetic, recursively."""
+    V = P.shape[2]
+
+    def visit(node: int, w: float, is_root: bool):
+        p = P[b, node]
+        q = None if Q is None else Q[b, node]
+        scale, mass, q_sum = 0.0, 1.0, 0.0
+        removed = torch.zeros(V, dtype=torch.bool)
+        pending = None  # (w, R) of a deletion whose R' is not computed yet (stochastic drafts)
+        moved = False  # a deletion moved the residual: else the race is over p itself
+
+        def resolve(w, mass, pending):
+            if pending is None:
+                return w, mass
+            w0, mass0 = pending
+            mass1 = fixed_point_sum(residual_row(p, q, scale, removed))
+            m = (w0 * mass1) / mass0
+            den = m + (1.0 - w0)
+            return (m / den if den > 0 else 0.0), mass1
+
+        for i in _children(par[b], node, n_valid):
+            x = tok[b][i]
+            if not 0 <= x < V or bool(removed[x]):
+                continue  # skipped with its subtree, state unchanged
+            w, mass = resolve(w, mass, pending)
+            pending = None
+            r_x = float(residual_row(p[x:x + 1], None if q is None else q[x:x + 1], scale,
+                                     torch.zeros(1, dtype=torch.bool)))
+            w_c = 0.0
+            if w > 0 and mass > 0:
+                if q is None:
+                    num, den = w * r_x, mass
+                else:
+                    num, den = (w * r_x) * (1.0 if replacement else 1.0 - q_sum), mass * float(q[x])
+                w_c = num / den if num < den else (1.0 if num > 0 else 0.0)
+            if w_c > 0:
+                found = visit(i, w_c, False)
+                if found is not None:
+                    return [i] + found[0], found[1], found[2]
+            if w <= 0 or mass <= 0:
+                w = 0.0
+                continue
+            moved = True
+            if q is None:
+                removed[x] = True
+                mass1 = mass - r_x
+                m = (w * mass1) / mass
+                den = m + (1.0 - w)
+                w, mass = (m / den if den > 0 else 0.0), mass1
+                continue
+            den = w if replacement else w * (1.0 - q_sum)
+            scale = _f32(min(scale + mass / den, _FLT_MAX)) if den > 0 else _FLT_MAX
+            if not replacement:
+                q_sum = q_sum + float(q[x])
+                removed[x] = True
+            pending = (w, mass)
+        if not is_root:
+            w, mass = resolve(w, mass, pending)
+            if not u_accept[node - 1] < w:
+                return None
+        return [], node, (residual_row(p, q, scale, removed) if moved else p)
+
+    return visit(0, 1.0, True)
+
+
 def verify_tree(
     tokens: torch.Tensor,
     parents: torch.Tensor,
@@ -84,12 +184,15 @@ def verify_tree(
     replacement: bool = False,
     seed: SeedLike = None,
     offset: int | torch.Tensor = 0,
+    rule: str = "token",
     check: bool = True,
     generator: torch.Generator | None = None,
 ) -> TreeResult:
     """Reference of :func:`specdec_kernels.verify_tree` (same arguments, same result)."""
+    from ..ops.chain import _check_rule
     from ..ops.tree import _check_verify_tree
 
+    _check_rule(rule)
     B, N, V, nn = _check_verify_tree(tokens, parents, target_probs, draft_probs, num_nodes,
                                      replacement, check)
     seeds, offsets, streams = chain_rng_rows(seed, offset, B, target_probs.device, generator)
@@ -106,6 +209,16 @@ def verify_tree(
         s, o, st = seeds[b].cpu(), offsets[b].cpu(), streams[b].cpu()
         u_accept = draw_uniform(s, o, 0, st, torch.arange(max(N - 1, 1))).tolist()
         u_sample = draw_uniform(s, o, 1, st, torch.arange(V))
+        if rule == "block":
+            path, node, row = _tree_block_row(P, Q, tok, par, b, n_valid, replacement, u_accept)
+            for a, i in enumerate(path):
+                out[b, a], out_nodes[b, a] = tok[b][i], i
+            y = sample_race(row, u_sample)
+            if y < 0:  # residual of zero mass: measure zero for valid inputs
+                y = sample_race(P[b, node], u_sample)
+            out[b, len(path)] = max(y, 0)
+            num_accepted[b] = len(path)
+            continue
         node, a = 0, 0
         while True:
             kids = _children(par[b], node, n_valid)
