@@ -4,7 +4,8 @@
     python benchmarks/block_verify.py --sections time    # only the kernel timing
     python benchmarks/block_verify.py --sections lab --lab-prompts 24   # the miniature lab's decoder
     python benchmarks/block_verify.py --markdown benchmarks/results/block-verify-X.csv
-    python benchmarks/block_verify.py --quick --sections time synthetic lab --out /tmp/b.csv  # seconds
+    python benchmarks/block_verify.py --sections trees      # trees: rule "block" against "token"
+    python benchmarks/block_verify.py --quick --sections time synthetic lab trees --out /tmp/b.csv
 
 Sections (each writes its rows to the CSV as soon as it ends):
 
@@ -20,6 +21,11 @@ Sections (each writes its rows to the CSV as soon as it ends):
              gain's standard error from the paired differences.
   lab        the miniature lab's decoder (sd, gamma 3 and 5, text and image drafters) with
              verify="token" and "block" at T = 0.7 and 1.0: tau and tokens/s.
+  trees      verify_tree(rule="block") (Traversal Verification) against rule "token" (recursive
+             rejection sampling) on the same trees and draws: the Markov-chain model of
+             benchmarks/tree_block_efficiency.py (V = 64, three drafters), RSD-C trees drawn
+             without replacement and i.i.d., 20000 rounds each; tokens per round with the paired
+             standard error.
 
 The real model (SmolLM2-135M with its distilled drafter) is measured by the real-model benchmark
 itself, whose systems include both rules (specdec.compare: sd / sd_block, sd_v16k / sd_v16k_block):
@@ -52,7 +58,7 @@ from specdec_kernels import reference
 HERE = os.path.dirname(os.path.abspath(__file__))
 COLUMNS = ["date", "commit", "device", "torch", "section", "case", "B", "K", "V", "dtype", "temperature",
            "threads", "token", "block", "ratio", "se", "n", "unit"]
-SECTIONS = ("time", "synthetic", "lab")
+SECTIONS = ("time", "synthetic", "lab", "trees")
 TIME_SHAPES = ((16, 5, 32000), (64, 8, 128256))
 QUICK_SHAPES = ((4, 3, 1000),)  # --quick: a smoke test of every section, not a measurement
 
@@ -206,6 +212,46 @@ def section_lab(w: Writer, prompts: int, max_new_tokens: int) -> None:
                   ratio=f"{b[key] / r[key]:.4f}", n=r["rounds"], unit=unit)
 
 
+TREE_SHAPES = ((1, 1, 1), (2, 2), (3, 3), (2, 2, 2), (4, 2, 1))
+
+
+def section_trees(w: Writer, rounds: int) -> None:
+    spec = importlib.util.spec_from_file_location("specdec_bench_tree_eff",
+                                                  os.path.join(HERE, "tree_block_efficiency.py"))
+    te = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(te)
+    g = torch.Generator().manual_seed(0)
+    V = 64
+    T = 2.0 * torch.randn(V, V, generator=g)  # the same model as tree_block_efficiency.py
+    P = torch.softmax(T, -1)
+    noise = torch.randn(V, V, generator=g)
+    for dname, (sigma, a) in te.DRAFTS.items():
+        Q = torch.softmax(a * (T + sigma * noise), -1)
+        for shape in TREE_SHAPES:
+            for repl in (False, True):
+                if repl and all(b == 1 for b in shape):
+                    continue
+                gs = torch.Generator().manual_seed(len(shape) * 100 + sum(shape) + int(repl))
+                parents = torch.tensor(te.tree_parents(shape))
+                N = parents.numel()
+                state = torch.zeros(rounds, N, dtype=torch.long)
+                state[:, 0] = torch.randint(0, V, (rounds,), generator=gs)
+                for n in range(N):
+                    kids = (parents == n).nonzero().flatten()
+                    if kids.numel():
+                        state[:, kids] = te.draw_children(Q[state[:, n]], kids.numel(), repl, gs)
+                args = (state, parents.expand(rounds, N).contiguous(), P[state], Q[state])
+                t = {r: sk.verify_tree(*args, replacement=repl, seed=7, rule=r).num_accepted.double() + 1
+                     for r in ("token", "block")}
+                d = t["block"] - t["token"]
+                w.add(section="trees", case=f"{dname}, {'i.i.d.' if repl else 'without replacement'}, "
+                      f"tree {'-'.join(map(str, shape))}", B=rounds, K=N - 1, V=V, dtype="float32",
+                      temperature=1.0, threads=torch.get_num_threads(),
+                      token=f"{float(t['token'].mean()):.4f}", block=f"{float(t['block'].mean()):.4f}",
+                      ratio=f"{float(t['block'].mean()) / float(t['token'].mean()):.4f}",
+                      se=f"{float(d.std()) / rounds ** 0.5:.4f}", n=rounds, unit="tokens per round")
+
+
 def markdown(path: str) -> str:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -219,6 +265,8 @@ def markdown(path: str) -> str:
         out.append("|---|---|---|---|---|---|---|")
         for r in rs:
             shape = f"B={r['B']} K={r['K']} V={r['V']}" if r["V"] else ""
+            if sec == "trees":
+                shape = f"{r['K']} drafted nodes, V={r['V']}"
             se = (f" (+{float(r['block']) - float(r['token']):.3f} ± {float(r['se']):.3f} tokens)"
                   if r["se"] else "")
             out.append(f"| {r['case']} | {shape} | {r['temperature']} | {r['unit']} | {r['token']} | "
@@ -233,6 +281,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=41, help="timed calls per rule and configuration")
     ap.add_argument("--rounds", type=int, default=4096, help="synthetic rounds per configuration")
     ap.add_argument("--lab-prompts", type=int, default=24)
+    ap.add_argument("--tree-rounds", type=int, default=20000, help="rounds per tree setting")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--out", default=None, help="CSV path (default: benchmarks/results/block-verify-...)")
     ap.add_argument("--quick", action="store_true",
@@ -253,6 +302,8 @@ def main(argv=None) -> int:
         section_synthetic(w, 256 if args.quick else args.rounds, 1000 if args.quick else 32000)
     if "lab" in args.sections:
         section_lab(w, 1 if args.quick else args.lab_prompts, 8 if args.quick else args.max_new_tokens)
+    if "trees" in args.sections:
+        section_trees(w, 200 if args.quick else args.tree_rounds)
     print(f"wrote {path}")
     return 0
 

@@ -31,11 +31,11 @@ def _script():
 def test_quick_run_writes_every_section(tmp_path, capsys) -> None:
     bv = _script()
     out = tmp_path / "quick.csv"
-    assert bv.main(["--quick", "--sections", "time", "synthetic", "lab", "--out", str(out)]) == 0
+    assert bv.main(["--quick", "--sections", "time", "synthetic", "lab", "trees", "--out", str(out)]) == 0
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == bv.COLUMNS
-    assert {r["section"] for r in rows} == {"time", "synthetic", "lab"}
+    assert {r["section"] for r in rows} == {"time", "synthetic", "lab", "trees"}
     assert len([r for r in rows if r["section"] == "time"]) == 4  # {stochastic, deterministic} x check
     assert len([r for r in rows if r["section"] == "synthetic"]) == 6  # 2 temperatures x 3 drafters
     for r in rows:
