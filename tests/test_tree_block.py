@@ -264,6 +264,22 @@ def test_block_tree_k1_star_equals_token_rule(backend):
     assert_same(a, b)
 
 
+def test_block_tree_siblings_q_past_one(backend):
+    # Without-replacement siblings whose q values sum past 1 in float64 (0.6 + 0.4 in float32), then
+    # a sibling with q(x) = 0: the weight's numerator is negative and its denominator 0. Every
+    # backend deletes that child untested, as the reference does, and nothing divides by zero.
+    V = 5
+    row_p = torch.tensor([0.1, 0.1, 0.8, 0.0, 0.0])
+    row_q = torch.tensor([0.6, 0.4, 0.0, 0.0, 0.0])
+    assert float(row_q.double().sum()) > 1.0
+    inputs = dict(tokens=torch.tensor([[0, 0, 1, 2]]), parents=torch.tensor([[-1, 0, 0, 0]]),
+                  target_probs=row_p.expand(1, 4, V).contiguous(),
+                  draft_probs=row_q.expand(1, 4, V).contiguous())
+    for seed in range(6):
+        expected = RT.verify_tree(**inputs, seed=seed, rule="block")
+        assert_same(sk.verify_tree(**to_device(inputs, backend.device), seed=seed, rule="block"), expected)
+
+
 # ----------------------------------------------------------------------------------------------
 # Arguments and registration
 # ----------------------------------------------------------------------------------------------

@@ -433,7 +433,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_block_cpu(
             const double num = q ? (f.w * static_cast<double>(r_x)) * (replacement ? 1.0 : 1.0 - f.q_sum)
                                  : f.w * static_cast<double>(r_x);
             const double den = q ? f.mass * static_cast<double>(static_cast<float>(q[x])) : f.mass;
-            w_c = num < den ? num / den : num > 0.0 ? 1.0 : 0.0;
+            // num <= 0 (only from rounding: earlier siblings' q summing past 1) deletes untested
+            w_c = !(num > 0.0) ? 0.0 : num < den ? num / den : 1.0;
           }
           if (w_c > 0.0) {  // walk the child's subtree
             f.x = x;

@@ -50,13 +50,13 @@ on S, plus its float64 weight w (the root: 1) and mass R (1 at the start):
 
     child c of n (token x), in draw order; skipped with its whole subtree, state unchanged, if x is
     out of range or already in S (duplicates: check=False only):
-        w_c = num / den if num < den else (1 if num > 0 else 0)                      (float64)
+        w_c = 0 if num <= 0, else num / den if num < den, else 1                      (float64)
               stochastic:  num = (w * r(x)) * (1 - Q_S),  den = R * q(x)   (with replacement 1 - Q_S := 1)
               one-hot q:   num = w * r(x),                den = R
-              (w_c = 0 without evaluating when w = 0 or R <= 0)
+              (w_c = 0 without evaluating when w <= 0 or R <= 0)
         w_c > 0: walk c's subtree with weight w_c; if a node of it is accepted, stop.
         w_c = 0: the subtree is deleted untested (every weight below is 0).
-        c's subtree deleted:  if w = 0 or R <= 0: w = 0.  Else the residual moves on:
+        c's subtree deleted:  if w <= 0 or R <= 0: w = 0.  Else the residual moves on:
             stochastic:   C' = fl32(min(C + R / (w * (1 - Q_S)), FLT_MAX)) (FLT_MAX if w (1 - Q_S) <= 0;
                           with replacement R / w); without replacement Q_S += q(x), S += {x}
                           R' = the exact fixed-point sum of r' (one pass over p_n and q_n), computed
@@ -65,8 +65,9 @@ on S, plus its float64 weight w (the root: 1) and mass R (1 at the start):
             one-hot q:    S += {x},  R' = R - r(x)
             m = (w * R') / R,  den = m + (1 - w),  w = m / den if den > 0 else 0,  R = R'
     then n itself: the root is accepted; another node is accepted iff u_n < w. Accepted: emit the
-    path root -> n, then the race over r of n (p at an undeleted node; if r is all zero, the race over
-    p; if p is all zero too, token 0). Otherwise n's subtree is deleted (in its parent's loop).
+    path root -> n, then the race over r of n (over p itself when no deletion moved n's residual; if
+    r is all zero, the race over p; if p is all zero too, token 0). Otherwise n's subtree is deleted
+    (in its parent's loop).
 
 Each weight is the probability that the subtree below accepts, given what was deleted before
 (w_c = min(1, w P(x) / Q(x)) with P = r / R and Q the law x was drawn from); on a chain this is §9's
@@ -143,7 +144,8 @@ def _tree_block_row(P, Q, tok, par, b, n_valid, replacement, u_accept):
                     num, den = w * r_x, mass
                 else:
                     num, den = (w * r_x) * (1.0 if replacement else 1.0 - q_sum), mass * float(q[x])
-                w_c = num / den if num < den else (1.0 if num > 0 else 0.0)
+                # num <= 0 only from rounding (earlier siblings' q summing past 1) or invalid rows
+                w_c = 0.0 if not num > 0 else num / den if num < den else 1.0
             if w_c > 0:
                 found = visit(i, w_c, False)
                 if found is not None:

@@ -18,6 +18,15 @@ give the same bits as the CPU's sequential loop.
 One program per request means a single SM streams a request's rows at B = 1; what bounds the
 latency at decode sizes is the walk's dependent chain (a handful of scalar loads per level), not
 the bandwidth of the final pass.
+
+Design of verify_tree_block (rule="block", Traversal Verification; arithmetic in the reference's
+module docstring): the same one program per request, the same register-resident tree, and a
+post-order walk whose stack is the path root -> current node, kept in [NP] register tiles indexed
+by node id, so there is no scratch memory and nothing of size V is stored. The walk is a dependent
+chain per request (each weight depends on every deletion before it), which is why it is not split
+across programs. Passes over V: one row pair per deletion whose moved-on mass R' is read later
+(the spec's count: never for the root's last child, none for one-hot drafts, where R' = R - r(x)),
+then the one final race; everything else is two scalar loads per child reached.
 """
 
 import torch
@@ -232,6 +241,210 @@ def _verify_tree_kernel(
 
 
 @triton.jit
+def _sibling_list(par_row, removed, node, NP: tl.constexpr):
+    """The tokens excluded at ``node`` (S: its deleted children's) in the (idx, count) form that
+    _residual_mass and _race read with rem = the token row: entry j of S sits where idx == j."""
+    sel = (par_row == node) & (removed != 0)
+    sel64 = sel.to(tl.int64)
+    return tl.where(sel, tl.cumsum(sel64, axis=0) - 1, NP), tl.sum(sel64, axis=0)
+
+
+@triton.jit
+def _verify_tree_block_kernel(
+    tok_ptr, s_tb, s_tn, par_ptr, s_pb, s_pn,
+    p_ptr, sp_b, sp_n, q_ptr, sq_b, sq_n,
+    nn_ptr, s_nn, seed_ptr, s_seed, off_ptr, s_off,
+    out_tok_ptr, out_node_ptr, nacc_ptr,
+    N, V, stream_mul,
+    HAS_Q: tl.constexpr, HAS_NN: tl.constexpr, REPLACEMENT: tl.constexpr, EXCLUDE: tl.constexpr,
+    NP: tl.constexpr, BLOCK: tl.constexpr,
+):
+    # Traversal Verification (rule="block"): the post-order walk of _tree_block_row, iterative.
+    # The walk's stack is the path root -> node, so each frame is kept in [NP] register tiles
+    # indexed by node id (every node is entered at most once) and "pop" is node = parents[node]:
+    # no scratch memory, and nothing of size V beyond the row passes the spec asks for. The
+    # excluded set S of a node is a flag on each of its deleted children (S = their tokens), so it
+    # costs one int32 tile for the whole tree rather than a list per frame.
+    # Every float64 expression is FMA-proof, so the GPU's contraction cannot change a bit against the
+    # reference: products only feed comparisons, divisions or other products, sums add a quotient or
+    # a conversion, and the one product that feeds a difference (C q in _residual) is exact.
+    b = tl.program_id(0).to(tl.int64)
+    n_valid = tl.zeros((), tl.int64) + N
+    if HAS_NN:
+        n_valid = tl.minimum(tl.maximum(tl.load(nn_ptr + b * s_nn), 1), n_valid)
+    seed = tl.load(seed_ptr + b * s_seed)
+    offset = tl.load(off_ptr + b * s_off)
+    k0, k1, st, d0, d1 = draw_key(seed, offset, 0, b * stream_mul)
+    d1s = d1 + (d0 == 0xFFFFFFFF).to(tl.uint32)  # slot 1: draw = offset + 1 with the carry
+    d0s = d0 + 1
+
+    idx = tl.arange(0, NP).to(tl.int64)
+    live = idx < n_valid
+    par_row = tl.load(par_ptr + b * s_pb + idx * s_pn, mask=live, other=-2)
+    tok_row = tl.load(tok_ptr + b * s_tb + idx * s_tn, mask=live, other=-1)
+    path_tok = tl.full((NP,), -1, tl.int64)  # by depth - 1: the stack of entered nodes
+    path_node = tl.full((NP,), -1, tl.int64)
+    removed = tl.zeros((NP,), tl.int32)  # node i's token is in S of its parent
+    # A frame's state, saved at its node when a child is entered and restored when that child's
+    # subtree is deleted. The child's own r(x) and q(x) are kept too, so the deletion that follows
+    # reads no row again.
+    sv_w = tl.zeros((NP,), tl.float64)
+    sv_mass = tl.zeros((NP,), tl.float64)
+    sv_scale = tl.zeros((NP,), tl.float32)
+    sv_qsum = tl.zeros((NP,), tl.float64)
+    sv_moved = tl.zeros((NP,), tl.int32)
+    kid_r = tl.zeros((NP,), tl.float32)
+    kid_q = tl.zeros((NP,), tl.float32)
+
+    node = tl.zeros((), tl.int64)
+    depth = tl.zeros((), tl.int64)
+    last = tl.zeros((), tl.int64)  # the last child of node looked at
+    w = tl.full((), 1.0, tl.float64)
+    mass = tl.full((), 1.0, tl.float64)
+    scale = tl.zeros((), tl.float32)
+    q_sum = tl.zeros((), tl.float64)
+    # Whether a deletion moved the node's residual on: if none did, the race is over p itself, so an
+    # accepted node that deleted nothing (a leaf, most often) never reads its q row.
+    moved = tl.zeros((), tl.int32)
+    # A stochastic deletion leaves R' to be weighed (one pass over the row pair) only when
+    # something reads it: the next usable child, or the node's own test. The root's last deletion
+    # is never weighed, as in the spec.
+    pend = tl.zeros((), tl.int32)
+    w0 = tl.zeros((), tl.float64)
+    mass0 = tl.full((), 1.0, tl.float64)
+    running = tl.full((), 1, tl.int32)
+    while running != 0:
+        prow = p_ptr + b * sp_b + node * sp_n
+        qrow = q_ptr + b * sq_b + node * sq_n
+        sib = par_row == node
+        child = tl.min(tl.where(sib & (idx > last), idx, NP), axis=0)
+        has_child = child < NP
+        x = tl.sum(tl.where(idx == child, tok_row, 0), axis=0)
+        usable = has_child & (x >= 0) & (x < V)
+        if EXCLUDE:
+            usable = usable & (tl.sum((sib & (removed != 0) & (tok_row == x)).to(tl.int32), axis=0) == 0)
+        if (pend != 0) & (usable | (~has_child & (node != 0))):
+            ridx, n_rem = _sibling_list(par_row, removed, node, NP)
+            mass1 = _residual_mass(prow, qrow, scale, tok_row, n_rem, ridx, V, HAS_Q, BLOCK)
+            m = (w0 * mass1) / mass0
+            den = m + (1.0 - w0)
+            w = tl.where(den > 0.0, m / tl.where(den > 0.0, den, 1.0), 0.0)
+            mass = mass1
+            pend = tl.zeros((), tl.int32)
+        drop = tl.zeros((), tl.int32)  # a subtree of node was deleted: move node's state on
+        drop_node = tl.zeros((), tl.int64)
+        drop_r = tl.zeros((), tl.float32)
+        drop_q = tl.zeros((), tl.float32)
+        if has_child:
+            last = child
+            if usable:
+                p_x = tl.load(prow + x).to(tl.float32)
+                if HAS_Q:
+                    q_x = tl.load(qrow + x).to(tl.float32)
+                    r_x = _residual(p_x, q_x, scale)
+                    if REPLACEMENT:
+                        num = w * r_x.to(tl.float64)
+                    else:
+                        num = (w * r_x.to(tl.float64)) * (1.0 - q_sum)
+                    den = mass * q_x.to(tl.float64)
+                else:
+                    q_x = tl.full((), 1.0, tl.float32)
+                    r_x = p_x
+                    num = w * r_x.to(tl.float64)
+                    den = mass
+                # num <= 0 (only from rounding: earlier siblings' q summing past 1) deletes untested
+                pos = num > 0.0
+                lt = pos & (num < den)
+                w_c = tl.where(lt, num / tl.where(lt, den, 1.0), tl.where(pos, 1.0, 0.0))
+                w_c = tl.where((w > 0.0) & (mass > 0.0), w_c, 0.0)
+                if w_c > 0.0:  # enter the child
+                    sv_w = tl.where(idx == node, w, sv_w)
+                    sv_mass = tl.where(idx == node, mass, sv_mass)
+                    sv_scale = tl.where(idx == node, scale, sv_scale)
+                    sv_qsum = tl.where(idx == node, q_sum, sv_qsum)
+                    sv_moved = tl.where(idx == node, moved, sv_moved)
+                    kid_r = tl.where(idx == child, r_x, kid_r)
+                    kid_q = tl.where(idx == child, q_x, kid_q)
+                    path_tok = tl.where(idx == depth, x, path_tok)
+                    path_node = tl.where(idx == depth, child, path_node)
+                    depth += 1
+                    node = child
+                    last = child
+                    w = w_c
+                    mass = tl.full((), 1.0, tl.float64)
+                    scale = tl.zeros((), tl.float32)
+                    q_sum = tl.zeros((), tl.float64)
+                    moved = tl.zeros((), tl.int32)
+                else:  # weight 0: deleted untested
+                    drop = tl.full((), 1, tl.int32)
+                    drop_node = child
+                    drop_r = r_x
+                    drop_q = q_x
+        else:
+            if node == 0:
+                running = tl.zeros((), tl.int32)
+            else:
+                u = uniform_at(k0, k1, st, d0, d1, node - 1)
+                if u.to(tl.float64) < w:
+                    running = tl.zeros((), tl.int32)
+                else:  # the node's subtree is deleted: back to its parent
+                    at = idx == node
+                    drop = tl.full((), 1, tl.int32)
+                    drop_node = node
+                    drop_r = tl.sum(tl.where(at, kid_r, 0.0), axis=0)
+                    drop_q = tl.sum(tl.where(at, kid_q, 0.0), axis=0)
+                    node = tl.sum(tl.where(at, par_row, 0), axis=0)
+                    last = drop_node
+                    depth -= 1
+                    at = idx == node
+                    w = tl.sum(tl.where(at, sv_w, 0.0), axis=0)
+                    mass = tl.sum(tl.where(at, sv_mass, 0.0), axis=0)
+                    scale = tl.sum(tl.where(at, sv_scale, 0.0), axis=0)
+                    q_sum = tl.sum(tl.where(at, sv_qsum, 0.0), axis=0)
+                    moved = tl.sum(tl.where(at, sv_moved, 0), axis=0)
+        if drop != 0:
+            if ~((w <= 0.0) | (mass <= 0.0)):  # the spec's test, spelled as it is (NaN moves on)
+                moved = tl.full((), 1, tl.int32)
+                if HAS_Q:
+                    if REPLACEMENT:
+                        den = w
+                    else:
+                        den = w * (1.0 - q_sum)
+                    scale = _next_scale(scale, mass, den)
+                    if not REPLACEMENT:
+                        q_sum = q_sum + drop_q.to(tl.float64)
+                        removed = tl.where(idx == drop_node, 1, removed)
+                    pend = tl.full((), 1, tl.int32)
+                    w0 = w
+                    mass0 = mass
+                else:
+                    # One-hot q: R' = R - r(x) exactly as the spec, no pass over V.
+                    removed = tl.where(idx == drop_node, 1, removed)
+                    mass1 = mass - drop_r.to(tl.float64)
+                    m = (w * mass1) / mass
+                    den = m + (1.0 - w)
+                    w = tl.where(den > 0.0, m / tl.where(den > 0.0, den, 1.0), 0.0)
+                    mass = mass1
+            else:
+                w = tl.zeros((), tl.float64)
+
+    # The accepted node's residual (C and S as the walk left them), or p where no deletion moved it,
+    # raced as _verify_tree_kernel races a correction.
+    prow = p_ptr + b * sp_b + node * sp_n
+    qrow = q_ptr + b * sq_b + node * sq_n
+    ridx, n_rem = _sibling_list(par_row, removed, node, NP)
+    y = _race(prow, qrow, scale, tok_row, n_rem, ridx, moved, k0, k1, st, d0s, d1s, V, HAS_Q, BLOCK)
+    if y == _NO_IDX:  # residual of zero mass (measure zero for valid inputs): fall back to p
+        y = _race(prow, qrow, scale, tok_row, 0, ridx, 0, k0, k1, st, d0s, d1s, V, HAS_Q, BLOCK)
+    y64 = tl.where(y == _NO_IDX, 0, y).to(tl.int64)
+    outm = idx < N
+    tl.store(out_tok_ptr + b * N + idx, tl.where(idx < depth, path_tok, tl.where(idx == depth, y64, -1)),
+             mask=outm)
+    tl.store(out_node_ptr + b * N + idx, tl.where(idx < depth, path_node, -1), mask=outm)
+    tl.store(nacc_ptr + b, depth)
+
+
+@triton.jit
 def _argmax_row(row, V, BLOCK: tl.constexpr):
     # Ties to the smallest index; NaN never wins; an all -inf (or all NaN) row gives 0.
     best = tl.full((), float("-inf"), tl.float32)
@@ -389,6 +602,52 @@ def _(tokens, parents, target_probs, draft_probs, num_nodes, replacement, seeds,
     return tokens.new_empty((B, N)), tokens.new_empty((B,)), tokens.new_empty((B, N))
 
 
+@torch.library.custom_op("specdec_triton::verify_tree_block", mutates_args=())
+def verify_tree_block(
+    tokens: torch.Tensor,
+    parents: torch.Tensor,
+    target_probs: torch.Tensor,
+    draft_probs: torch.Tensor | None,
+    num_nodes: torch.Tensor | None,
+    replacement: bool,
+    seeds: torch.Tensor,
+    offsets: torch.Tensor,
+    row_streams: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton Traversal Verification (``verify_tree(rule="block")``); arguments validated by
+    ``specdec_kernels.verify_tree``. Also the cuda backend's kernel for this rule.
+
+    Returns (tokens [B, N], num_accepted [B], accepted_nodes [B, N]), int64 with -1 padding.
+    """
+    B, N = tokens.shape
+    V = target_probs.shape[-1]
+    dev = tokens.device
+    out = torch.empty((B, N), dtype=torch.int64, device=dev)
+    out_nodes = torch.empty((B, N), dtype=torch.int64, device=dev)
+    nacc = torch.empty((B,), dtype=torch.int64, device=dev)
+    if B == 0:
+        return out, nacc, out_nodes
+    P = _unit_last_stride(target_probs)
+    Q = _unit_last_stride(draft_probs) if draft_probs is not None else P  # dummy when None, never read
+    nn = num_nodes if num_nodes is not None else nacc  # dummy pointer, never read, when None
+    BLOCK, warps = _vocab_block(V)
+    _verify_tree_block_kernel[(B,)](
+        tokens, tokens.stride(0), tokens.stride(1), parents, parents.stride(0), parents.stride(1),
+        P, P.stride(0), P.stride(1), Q, Q.stride(0), Q.stride(1),
+        nn, nn.stride(0), seeds, seeds.stride(0), offsets, offsets.stride(0),
+        out, out_nodes, nacc, N, V, 1 if row_streams else 0,
+        HAS_Q=draft_probs is not None, HAS_NN=num_nodes is not None, REPLACEMENT=bool(replacement),
+        EXCLUDE=draft_probs is None or not replacement, NP=max(2, triton.next_power_of_2(N)),
+        BLOCK=BLOCK, num_warps=warps)
+    return out, nacc, out_nodes
+
+
+@verify_tree_block.register_fake
+def _(tokens, parents, target_probs, draft_probs, num_nodes, replacement, seeds, offsets, row_streams):
+    B, N = tokens.shape
+    return tokens.new_empty((B, N)), tokens.new_empty((B,)), tokens.new_empty((B, N))
+
+
 @torch.library.custom_op("specdec_triton::verify_tree_greedy", mutates_args=())
 def verify_tree_greedy(
     tokens: torch.Tensor,
@@ -495,6 +754,12 @@ COMPILE_CHECKS = [
      {"HAS_Q": True, "HAS_NN": False, "REPLACEMENT": True, "EXCLUDE": False, "NP": 64, "BLOCK": 4096}),
     (_verify_tree_kernel, _verify_sig("fp16"),
      {"HAS_Q": False, "HAS_NN": False, "REPLACEMENT": False, "EXCLUDE": True, "NP": 32, "BLOCK": 2048}),
+    (_verify_tree_block_kernel, _verify_sig("fp32"),
+     {"HAS_Q": True, "HAS_NN": True, "REPLACEMENT": False, "EXCLUDE": True, "NP": 16, "BLOCK": 4096}),
+    (_verify_tree_block_kernel, _verify_sig("bf16"),
+     {"HAS_Q": True, "HAS_NN": False, "REPLACEMENT": True, "EXCLUDE": False, "NP": 64, "BLOCK": 4096}),
+    (_verify_tree_block_kernel, _verify_sig("fp16"),
+     {"HAS_Q": False, "HAS_NN": True, "REPLACEMENT": False, "EXCLUDE": True, "NP": 32, "BLOCK": 2048}),
     (_verify_tree_greedy_kernel,
      {"tok_ptr": "*i64", "s_tb": "i64", "s_tn": "i64", "par_ptr": "*i64", "s_pb": "i64", "s_pn": "i64",
       "l_ptr": "*bf16", "sl_b": "i64", "sl_n": "i64", "nn_ptr": "*i64", "s_nn": "i64",
