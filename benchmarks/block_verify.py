@@ -21,6 +21,12 @@ Sections (each writes its rows to the CSV as soon as it ends):
              gain's standard error from the paired differences.
   lab        the miniature lab's decoder (sd, gamma 3 and 5, text and image drafters) with
              verify="token" and "block" at T = 0.7 and 1.0: tau and tokens/s.
+  real       SmolLM2-135M with its distilled drafter (sd, gamma 3 and 5, T = 0.7 and 1.0, held-out
+             prompts): every round's drafts and p, q rows are recorded and both rules' EXACT
+             expected accepted tokens given those drafts are computed (§1 and §9 formulas in
+             float64). The drafts are draws from q, so the mean over rounds estimates each rule's
+             expectation, paired on the same rounds: far less noisy than comparing two decodes,
+             whose texts diverge.
   trees      verify_tree(rule="block") (Traversal Verification) against rule "token" (recursive
              rejection sampling) on the same trees and draws: the Markov-chain model of
              benchmarks/tree_block_efficiency.py (V = 64, three drafters), RSD-C trees drawn
@@ -58,7 +64,7 @@ from specdec_kernels import reference
 HERE = os.path.dirname(os.path.abspath(__file__))
 COLUMNS = ["date", "commit", "device", "torch", "section", "case", "B", "K", "V", "dtype", "temperature",
            "threads", "token", "block", "ratio", "se", "n", "unit"]
-SECTIONS = ("time", "synthetic", "lab", "trees")
+SECTIONS = ("time", "synthetic", "lab", "real", "trees")
 TIME_SHAPES = ((16, 5, 32000), (64, 8, 128256))
 QUICK_SHAPES = ((4, 3, 1000),)  # --quick: a smoke test of every section, not a measurement
 
@@ -212,6 +218,68 @@ def section_lab(w: Writer, prompts: int, max_new_tokens: int) -> None:
                   ratio=f"{b[key] / r[key]:.4f}", n=r["rounds"], unit=unit)
 
 
+def expected_accepted(x: torch.Tensor, p: torch.Tensor, q: torch.Tensor) -> tuple[float, float]:
+    """Exact E[accepted drafts | drafts x] of rule "token" and rule "block" for one round
+    (x [K], p [K+1, V], q [K, V]), in float64 (docs/algorithms.md §1, §9)."""
+    p, q = p.double(), q.double()
+    K = x.numel()
+    ratio = (p[torch.arange(K), x] / q[torch.arange(K), x]).tolist()
+    token, alive = 0.0, 1.0
+    w = [1.0]
+    for r in ratio:
+        alive *= min(1.0, r)
+        token += alive
+        w.append(min(1.0, w[-1] * r))
+    h = []
+    for i in range(1, K + 1):
+        if i == K:
+            h.append(w[K])
+            continue
+        m = float(torch.clamp(w[i] * p[i] - q[i], min=0.0).sum())
+        den = m + 1.0 - w[i]
+        h.append(1.0 if den <= 0 else m / den)
+    block, tail = 0.0, 1.0  # P(tau = i) = h_i prod_{j > i} (1 - h_j)
+    for i in range(K, 0, -1):
+        block += i * h[i - 1] * tail
+        tail *= 1.0 - h[i - 1]
+    return token, block
+
+
+def section_real(w: Writer, prompts: int, max_new_tokens: int) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from specdec import SpeculativeDecoder, compare
+    from specdec import prompts as prompt_sets
+
+    target, drafter, tok = compare.load_real("smollm2-135m", "smollm2-drafter", "bfloat16")
+    texts = prompt_sets.heldout_prompts(prompts)
+    for gamma in (3, 5):
+        dec = SpeculativeDecoder(target, drafter, method="sd", gamma=gamma)
+        for T in (0.7, 1.0):
+            rounds = []
+            real_verify = sk.verify_chain
+
+            def record(x, p, q, rounds=rounds, real_verify=real_verify, **kw):
+                rounds.append(expected_accepted(x[0], p[0], q[0]))
+                return real_verify(x, p, q, **kw)
+
+            sk.verify_chain = record
+            try:
+                for i, text in enumerate(texts):
+                    ids = torch.tensor([compare.encode_chat(tok, text)])
+                    dec.generate(ids, max_new_tokens=max_new_tokens, temperature=T, seed=i,
+                                 eos_token_id=tok.eos_token_id)
+            finally:
+                sk.verify_chain = real_verify
+            t = torch.tensor(rounds, dtype=torch.float64)
+            d = t[:, 1] - t[:, 0]
+            w.add(section="real", case=f"SmolLM2-135M + smollm2-drafter, gamma {gamma} ({prompts} prompts x "
+                  f"{max_new_tokens} tokens, exact given the drafts)", K=gamma, V=49152, dtype="bfloat16",
+                  temperature=T, threads=torch.get_num_threads(), token=f"{float(t[:, 0].mean()) + 1:.4f}",
+                  block=f"{float(t[:, 1].mean()) + 1:.4f}",
+                  ratio=f"{(float(t[:, 1].mean()) + 1) / (float(t[:, 0].mean()) + 1):.4f}",
+                  se=f"{float(d.std()) / d.numel() ** 0.5:.4f}", n=d.numel(), unit="tokens per round")
+
+
 TREE_SHAPES = ((1, 1, 1), (2, 2), (3, 3), (2, 2, 2), (4, 2, 1))
 
 
@@ -282,6 +350,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=4096, help="synthetic rounds per configuration")
     ap.add_argument("--lab-prompts", type=int, default=24)
     ap.add_argument("--tree-rounds", type=int, default=20000, help="rounds per tree setting")
+    ap.add_argument("--real-prompts", type=int, default=16, help="held-out prompts of the real section")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--out", default=None, help="CSV path (default: benchmarks/results/block-verify-...)")
     ap.add_argument("--quick", action="store_true",
@@ -302,6 +371,8 @@ def main(argv=None) -> int:
         section_synthetic(w, 256 if args.quick else args.rounds, 1000 if args.quick else 32000)
     if "lab" in args.sections:
         section_lab(w, 1 if args.quick else args.lab_prompts, 8 if args.quick else args.max_new_tokens)
+    if "real" in args.sections:
+        section_real(w, 1 if args.quick else args.real_prompts, 8 if args.quick else args.max_new_tokens)
     if "trees" in args.sections:
         section_trees(w, 200 if args.quick else args.tree_rounds)
     print(f"wrote {path}")
