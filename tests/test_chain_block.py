@@ -14,6 +14,7 @@ from helpers import capture_cuda_graph, to_device, with_generator
 from scipy import stats
 from test_chain import (
     DET_NEXT,
+    DIST_CASES,
     DRAFT,
     N_DEFAULT,
     N_SLOW,
@@ -21,6 +22,7 @@ from test_chain import (
     START,
     TARGET,
     VARIANTS_BY_NAME,
+    _assert_exact,
     _bad_cases,
     _build_case,
     _n_samples,
@@ -152,23 +154,12 @@ def block_verify(x, p, q, nd, seed, offset):
     return res.tokens, res.num_accepted
 
 
-def _assert_exact(samples, n_emit, info):
-    stat, thr, df = chi2_stat(samples, exact_law(n_emit))
-    assert stat < thr, f"chi2 = {stat:.1f} >= {thr:.1f} (df {df}): emitted law differs from target ({info})"
-
-
 # ----------------------------------------------------------------------------------------------
 # The emitted law of every backend (the toy Markov model of tests/test_chain.py)
 # ----------------------------------------------------------------------------------------------
 
-LAW_CASES = [
-    # name, K, drafts, ragged, seed_mode
-    ("stochastic_K3", 3, "stochastic", False, "int"),
-    ("stochastic_K3_seed_tensor", 3, "stochastic", False, "tensor"),
-    ("deterministic_K3", 3, "deterministic", False, "tensor"),
-    ("ragged_K3", 3, "stochastic", True, "tensor"),
-    ("ragged_deterministic_K2", 2, "deterministic", True, "int"),
-]
+# The law cases of rule "token" (tests/test_chain.py) but K = 1, where the two rules coincide.
+LAW_CASES = [c for c in DIST_CASES if c[1] > 1]
 
 
 @pytest.mark.parametrize("name,K,drafts,ragged,seed_mode", LAW_CASES, ids=[c[0] for c in LAW_CASES])

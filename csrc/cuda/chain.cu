@@ -268,32 +268,6 @@ struct BlockScratch {
   int64_t Kp;
 };
 
-// Sum over the block of two int64 words; every thread gets the total (as in tree.cu). Integer
-// addition is exact, so the result does not depend on the reduction order.
-__device__ __forceinline__ void block_allreduce_sum2(int64_t& a, int64_t& b) {
-  __shared__ long long s_a[32], s_b[32];
-  long long x = a, y = b;
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
-    x += __shfl_down_sync(kFullMask, x, off);
-    y += __shfl_down_sync(kFullMask, y, off);
-  }
-  __syncthreads();  // s_a may still be read by a previous call
-  if ((threadIdx.x & 31) == 0) {
-    s_a[threadIdx.x >> 5] = x;
-    s_b[threadIdx.x >> 5] = y;
-  }
-  __syncthreads();
-  x = 0;
-  y = 0;
-  for (int w = 0; w < static_cast<int>(blockDim.x >> 5); ++w) {
-    x += s_a[w];
-    y += s_b[w];
-  }
-  a = x;
-  b = y;
-}
-
 // Maximum over the block; every thread gets it.
 __device__ __forceinline__ int block_allreduce_max(int v) {
   __shared__ int s_m[32];

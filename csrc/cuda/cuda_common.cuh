@@ -102,6 +102,32 @@ __device__ __forceinline__ void block_reduce_pair(float& key, int& idx, Better b
   }
 }
 
+// Sum over the block of two int64 words (fixed-point masses, tree_math.h); every thread gets the
+// total. Integer addition is exact, so the result does not depend on the reduction order.
+__device__ __forceinline__ void block_allreduce_sum2(int64_t& a, int64_t& b) {
+  __shared__ long long s_a[32], s_b[32];
+  long long x = a, y = b;
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    x += __shfl_down_sync(kFullMask, x, off);
+    y += __shfl_down_sync(kFullMask, y, off);
+  }
+  __syncthreads();  // s_a may still be read by a previous call
+  if ((threadIdx.x & 31) == 0) {
+    s_a[threadIdx.x >> 5] = x;
+    s_b[threadIdx.x >> 5] = y;
+  }
+  __syncthreads();
+  x = 0;
+  y = 0;
+  for (int w = 0; w < static_cast<int>(blockDim.x >> 5); ++w) {
+    x += s_a[w];
+    y += s_b[w];
+  }
+  a = x;
+  b = y;
+}
+
 // Chunks per row so that rows * chunks fills the GPU about twice; each chunk a multiple of
 // `align` elements and at least `min_chunk`.
 inline int64_t chunk_size(int64_t rows, int64_t V, int64_t min_chunk, int64_t align) {

@@ -135,32 +135,6 @@ __device__ __forceinline__ void for_each_group(const T* prow, const T* qrow, int
   }
 }
 
-// Sum over the block of two int64 words; every thread gets the total. Integer addition is exact,
-// so the result does not depend on the reduction order.
-__device__ __forceinline__ void block_allreduce_sum2(int64_t& a, int64_t& b) {
-  __shared__ long long s_a[32], s_b[32];
-  long long x = a, y = b;
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
-    x += __shfl_down_sync(kFullMask, x, off);
-    y += __shfl_down_sync(kFullMask, y, off);
-  }
-  __syncthreads();  // s_a may still be read by a previous call
-  if ((threadIdx.x & 31) == 0) {
-    s_a[threadIdx.x >> 5] = x;
-    s_b[threadIdx.x >> 5] = y;
-  }
-  __syncthreads();
-  x = 0;
-  y = 0;
-  for (int w = 0; w < static_cast<int>(blockDim.x >> 5); ++w) {
-    x += s_a[w];
-    y += s_b[w];
-  }
-  a = x;
-  b = y;
-}
-
 // Mass of the residual fl32(max(0, p - scale q)) without S, in 2^-64 fixed point (stochastic
 // drafts only: one-hot masses are updated by subtraction).
 template <typename T>
