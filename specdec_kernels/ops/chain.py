@@ -148,12 +148,13 @@ def verify_chain(
     rule="block" (docs/algorithms.md §9, block verification, Sun et al. 2024): the block of drafts
     is judged jointly, scanning from the last draft down, with a running weight ``w_i``; the
     correction after ``tau`` accepted drafts is drawn from ``norm(max(0, w_tau p_tau - q_tau))``.
-    Never fewer accepted tokens in expectation than "token" and optimal for one drafted chain; the
-    same for deterministic drafts (there both rules accept ``x_1..x_i`` with probability
-    ``p(x_1..x_i)``). Reads the scalars, then a row pair only at the positions the downward scan
-    has to weigh (``eta_i < w_i``), then the one sampled row. With K = 1 both rules give the same
-    result bit for bit; greedy verification needs no block rule (block verification of one-hot
-    targets is the argmax rule of :func:`verify_chain_greedy`).
+    In expectation over the drafts it never accepts fewer tokens than "token" and it is optimal
+    for one drafted chain (for one given draft it may accept fewer: the gain is an average). With
+    deterministic drafts both rules accept ``x_1..x_i`` with probability ``p(x_1..x_i)``: no gain,
+    and no extra reads. It reads the scalars, then a row pair only at the positions its downward
+    scan has to weigh (``eta_i < w_i < 1``), then the one sampled row. With K = 1 both rules give
+    the same result bit for bit. Greedy verification needs no block rule (block verification of
+    one-hot targets is the argmax rule of :func:`verify_chain_greedy`).
 
     Both rules emit tokens with exactly the target's law.
 
