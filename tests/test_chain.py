@@ -185,9 +185,11 @@ def test_random_inputs_exercise_accept_and_reject():
         assert bool((n > 0).any()), f"{variant}: no acceptance"
 
 
-def test_ignored_positions_are_not_read(backend):
+@pytest.mark.parametrize("rule", ["token", "block"])
+def test_ignored_positions_are_not_read(backend, rule):
     # Entries beyond num_draft are ignored: poison them (NaN probabilities, garbage tokens) and the
-    # result must equal the clean one, with check=True (the checks must skip them too).
+    # result must equal the clean one, with check=True (the checks must skip them too), whatever
+    # the rule.
     V, B, K = 111, 33, 5
     clean = make_chain(B, K, V, seed=3, ragged=True)
     nd = clean["num_draft"]
@@ -196,8 +198,8 @@ def test_ignored_positions_are_not_read(backend):
     dirty["target_probs"][pos > nd[:, None]] = float("nan")
     dirty["draft_probs"][pos[:, :K] >= nd[:, None]] = -1.0
     dirty["draft_tokens"][pos[:, :K] >= nd[:, None]] = 10**9
-    expected = ref.verify_chain(**clean, seed=8)
-    res = sk.verify_chain(**to_device(dirty, backend.device), seed=8)
+    expected = ref.verify_chain(**clean, seed=8, rule=rule)
+    res = sk.verify_chain(**to_device(dirty, backend.device), seed=8, rule=rule)
     assert_same(res, expected)
 
 
