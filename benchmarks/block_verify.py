@@ -50,9 +50,7 @@ import datetime
 import importlib.util
 import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -69,41 +67,25 @@ TIME_SHAPES = ((16, 5, 32000), (64, 8, 128256))
 QUICK_SHAPES = ((4, 3, 1000),)  # --quick: a smoke test of every section, not a measurement
 
 
-def _load_conftest():
-    spec = importlib.util.spec_from_file_location("specdec_bench_conftest", os.path.join(HERE, "conftest.py"))
+def _load(name: str):
+    """benchmarks/<name>.py as a module (benchmarks/ is no package): conftest.py for the suite's
+    inputs and device name, record.py for the commit and file-name slug."""
+    spec = importlib.util.spec_from_file_location(f"specdec_bench_{name}", os.path.join(HERE, f"{name}.py"))
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
     return mod
 
 
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
-                             text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+bench = _load("conftest")
+record = _load("record")
 
 
 class Writer:
     def __init__(self, path: str) -> None:
         self.path = path
-        self.meta = {"date": datetime.date.today().isoformat(), "commit": _commit(),
-                     "device": f"{_cpu()} ({os.cpu_count()} cpus)", "torch": torch.__version__}
+        self.meta = {"date": datetime.date.today().isoformat(), "commit": record.git_commit(),
+                     "device": bench.device_name("cpu"), "torch": torch.__version__}
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w", newline="") as f:
             csv.DictWriter(f, COLUMNS).writeheader()
@@ -127,7 +109,6 @@ def _median_pair(fa, fb, reps: int) -> tuple[float, float]:
 
 
 def section_time(w: Writer, reps: int, shapes=TIME_SHAPES) -> None:
-    bench = _load_conftest()
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     for B, K, V in shapes:
@@ -360,10 +341,8 @@ def main(argv=None) -> int:
     if args.markdown:
         print(markdown(args.markdown))
         return 0
-    name = f"{_cpu()} {os.cpu_count()} cpus".lower()
-    slug = "-".join("".join(ch if ch.isalnum() else " " for ch in name).split())
-    path = args.out or os.path.join(HERE, "results", f"block-verify-{slug}-"
-                                    f"{datetime.date.today().isoformat()}-{_commit()}.csv")
+    path = args.out or os.path.join(HERE, "results", f"block-verify-{record.slug(bench.device_name('cpu'))}-"
+                                    f"{datetime.date.today().isoformat()}-{record.git_commit()}.csv")
     w = Writer(path)
     if "time" in args.sections:
         section_time(w, 3 if args.quick else args.reps, QUICK_SHAPES if args.quick else TIME_SHAPES)
