@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from . import _backend
 from ._backend import cpu_simd_level, use_backend, use_cpu_simd
-from .ops._common import BeamStep, ChainResult, TopKSample, TreeResult
+from .contract._common import BeamStep, ChainResult, TopKSample, TreeResult
 from .ops.attention import TREE_ATTENTION_MAX_NODES, tree_attention
 from .ops.chain import VERIFY_CHAIN_OFFSET_STRIDE, VERIFY_CHAIN_RULES, verify_chain, verify_chain_greedy
 from .ops.entropy import adaedl_stop, draft_entropy
@@ -42,8 +42,10 @@ from . import policies  # noqa: E402  (after the ops it builds on)
 
 if _backend.cpp_status()[0]:
     from . import _meta
+    from .ops import _dispatch
 
-    _meta.register()
+    _dispatch.install()
+    _meta.register(skip=_dispatch.OPS)
 
 
 def backends(device: str = "cpu") -> list[str]:

@@ -43,7 +43,7 @@ def capture_cuda_graph(fn):
 
 
 #: check=True's stated tolerance for probability rows, |sum - 1| <= tol, by the rows' dtype (README
-#: "API"; the library's constants are specdec_kernels.ops._common.PROB_SUM_TOL*: stated twice on
+#: "API"; the library's constants are specdec_kernels.contract._common.PROB_SUM_TOL*: stated twice on
 #: purpose, so a change there must be a change here too).
 ROW_SUM_TOL = {torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 

@@ -862,8 +862,8 @@ def test_backend_env_is_honoured(monkeypatch):
     import specdec_kernels.reference.chain as ref_chain
 
     calls = []
-    real = ref_chain.verify_chain
-    monkeypatch.setattr(ref_chain, "verify_chain", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = ref_chain.op_verify_chain
+    monkeypatch.setattr(ref_chain, "op_verify_chain", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.setenv("SPECDEC_BACKEND", "reference")
     sk.verify_chain(**_good(), seed=0)
     assert calls == [1]

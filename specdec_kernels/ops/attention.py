@@ -7,7 +7,7 @@ import math
 import torch
 
 from .. import _backend
-from ._common import require_device, require_tensor
+from ..contract._common import require_device, require_tensor
 
 #: The most tree nodes one call takes (one tile of the kernels; the tree tile is [N, N]).
 TREE_ATTENTION_MAX_NODES = 64

@@ -4,125 +4,19 @@ from __future__ import annotations
 
 import torch
 
-from .. import _backend
-from ._common import (
-    ChainResult,
-    SeedLike,
-    prob_sum_rule,
-    prob_sum_tol,
-    raise_first,
-    require_device,
-    require_float,
-    require_tensor,
-    rng_rows,
-    row_counts,
-)
+from ..contract import chain as contract
+from ..contract._common import ChainResult, SeedLike
+from ..contract.chain import VERIFY_CHAIN_OFFSET_STRIDE, VERIFY_CHAIN_RULES  # noqa: F401  (re-exported)
+from . import _dispatch
+from ._dispatch import Op
 
-#: Philox draws one verify_chain call consumes: it uses offsets ``offset`` and ``offset + 1``.
-VERIFY_CHAIN_OFFSET_STRIDE = 2
-
-#: The verification rules of :func:`verify_chain` (docs/algorithms.md §1 and §9).
-VERIFY_CHAIN_RULES = ("token", "block")
-
-
-def _check_rule(rule) -> str:
-    if not isinstance(rule, str) or rule not in VERIFY_CHAIN_RULES:
-        raise ValueError(f"rule must be one of {', '.join(map(repr, VERIFY_CHAIN_RULES))}, got {rule!r}")
-    return rule
-
-
-def _check_chain_shapes(draft_tokens, target, target_name: str, draft_probs=None):
-    require_tensor(draft_tokens, "draft_tokens")
-    require_tensor(target, target_name)
-    if draft_tokens.dim() != 2:
-        raise ValueError(f"draft_tokens must be [B, K], got shape {list(draft_tokens.shape)}")
-    if draft_tokens.dtype != torch.int64:
-        raise ValueError(f"draft_tokens must be int64 (torch.long), got {draft_tokens.dtype}")
-    B, K = draft_tokens.shape
-    if target.dim() != 3 or target.shape[0] != B or target.shape[1] != K + 1:
-        raise ValueError(
-            f"{target_name} must be [B, K+1, V] = [{B}, {K + 1}, V] to match draft_tokens [B, K] = "
-            f"[{B}, {K}], got {list(target.shape)}"
-        )
-    require_float(target, target_name)
-    if target.shape[2] < 1:
-        raise ValueError(f"{target_name} must have V >= 1, got V = {target.shape[2]}")
-    require_device(draft_tokens, target, "draft_tokens", target_name)
-    V = target.shape[2]
-    if draft_probs is not None:
-        require_tensor(draft_probs, "draft_probs")
-        if list(draft_probs.shape) != [B, K, V]:
-            raise ValueError(
-                f"draft_probs must be [B, K, V] = [{B}, {K}, {V}], got {list(draft_probs.shape)}")
-        require_float(draft_probs, "draft_probs")
-        if draft_probs.dtype != target.dtype:
-            raise ValueError(f"draft_probs must have the dtype of {target_name} ({target.dtype}), "
-                             f"got {draft_probs.dtype}")
-        require_device(draft_probs, target, "draft_probs", target_name)
-    return B, K, V
-
-
-def _value_flags(draft_tokens, num_draft, K: int, V: int):
-    """Flags and messages for num_draft range and draft token range (positions < num_draft)."""
-    B = draft_tokens.shape[0]
-    pos = torch.arange(K, device=draft_tokens.device)
-    if num_draft is None:
-        used = torch.ones(B, K, dtype=torch.bool, device=draft_tokens.device)
-        bad_n = torch.zeros((), dtype=torch.bool, device=draft_tokens.device)
-    else:
-        used = pos[None, :] < num_draft[:, None]
-        bad_n = ((num_draft < 0) | (num_draft > K)).any()
-    bad_tok = (used & ((draft_tokens < 0) | (draft_tokens >= V))).any()
-    return [bad_n, bad_tok], [
-        f"num_draft must be in [0, K] = [0, {K}]",
-        f"draft_tokens must be in [0, V) = [0, {V}) at positions < num_draft (-1 padding is allowed after)",
-    ], used
-
-
-def _prob_flags(t: torch.Tensor, used: torch.Tensor, name: str, need_mass: bool):
-    x = t.float()
-    finite = torch.isfinite(x)
-    bad = (~finite | (x < 0)).any(-1) & used
-    flags = [bad.any()]
-    msgs = [f"{name} must be finite and non-negative (found NaN, inf or a negative value)"]
-    total = x.sum(-1)  # float32, whatever the dtype of the rows
-    if need_mass:
-        flags.append(((total <= 0) & used).any())
-        msgs.append(f"{name} has a row with zero total mass")
-    off = ((total - 1).abs() > prob_sum_tol(t.dtype)) & used
-    flags.append(off.any())
-    msgs.append(lambda: f"{name} rows must sum to 1 ({prob_sum_rule(t.dtype)}); found a row summing to "
-                        f"{float(total[off][0]):.6g}")
-    return flags, msgs
-
-
-def _check_verify_chain(draft_tokens, target_probs, draft_probs, num_draft, check: bool):
-    B, K, V = _check_chain_shapes(draft_tokens, target_probs, "target_probs", draft_probs)
-    nd = row_counts(num_draft, B, K, target_probs)
-    if check and B > 0:
-        flags, msgs, used = _value_flags(draft_tokens, nd, K, V)
-        n = nd if nd is not None else torch.full((B,), K, device=target_probs.device)
-        used_t = torch.arange(K + 1, device=target_probs.device)[None, :] <= n.clamp(0, K)[:, None]
-        f, m = _prob_flags(target_probs, used_t, "target_probs", need_mass=True)
-        flags += f
-        msgs += m
-        if draft_probs is not None:
-            f, m = _prob_flags(draft_probs, used, "draft_probs", need_mass=False)
-            flags += f
-            msgs += m
-        raise_first(torch.stack([f.reshape(()) for f in flags]), msgs)
-    return B, K, V, nd
-
-
-def _check_verify_chain_greedy(draft_tokens, target_logits, num_draft, check: bool):
-    B, K, V = _check_chain_shapes(draft_tokens, target_logits, "target_logits")
-    nd = row_counts(num_draft, B, K, target_logits)
-    if check and B > 0:
-        flags, msgs, _ = _value_flags(draft_tokens, nd, K, V)
-        flags.append(torch.isnan(target_logits).any())
-        msgs.append("target_logits must not contain NaN")
-        raise_first(torch.stack([f.reshape(()) for f in flags]), msgs)
-    return B, K, V, nd
+for _name in ("verify_chain", "verify_chain_block"):
+    _dispatch.register(Op(_name, fake=contract.chain_fake, check_values=contract.check_verify_chain_values,
+                          reference=f"reference.chain:op_{_name}", triton=f"triton.chain:{_name}",
+                          select_as="verify_chain"))
+_dispatch.register(Op("verify_chain_greedy", fake=contract.chain_fake,
+                      check_values=contract.check_verify_chain_greedy_values,
+                      reference="reference.chain:op_verify_chain_greedy", triton="triton.chain:verify_chain_greedy"))
 
 
 def verify_chain(
@@ -208,27 +102,10 @@ def verify_chain(
         >>> out.tokens.shape, out.num_accepted.shape
         (torch.Size([2, 4]), torch.Size([2]))
     """
-    _check_rule(rule)
-    dev = require_tensor(target_probs, "target_probs").device
-    backend = _backend.select("verify_chain", dev)
-    # The cpu kernel checks the values it reads itself, in its own pass (csrc/common/checks.cpp).
-    B, K, V, nd = _check_verify_chain(draft_tokens, target_probs, draft_probs, num_draft,
-                                      check and backend != "cpu")
-    seeds, offsets, row_streams = rng_rows(seed, offset, B, target_probs.device, generator)
-    if backend == "reference":
-        from ..reference.chain import verify_chain as ref
-
-        return ref(draft_tokens, target_probs, draft_probs, num_draft=nd,
-                   seed=seeds if not row_streams else int(seeds[0]) if B else 0,
-                   offset=offsets, rule=rule, check=False)
-    if backend == "triton":
-        from ..triton import chain as tri
-
-        fn = tri.verify_chain if rule == "token" else tri.verify_chain_block
-        return ChainResult(*fn(draft_tokens, target_probs, draft_probs, nd, seeds, offsets, row_streams))
-    op = torch.ops.specdec.verify_chain if rule == "token" else torch.ops.specdec.verify_chain_block
-    return ChainResult(*op(draft_tokens, target_probs, draft_probs, nd, seeds, offsets, row_streams,
-                           check and backend == "cpu"))
+    op = contract.VERIFY_CHAIN_OPS[contract.check_rule(rule)]
+    args = contract.verify_chain_args(draft_tokens, target_probs, draft_probs, num_draft, seed, offset,
+                                      generator)
+    return ChainResult(*_dispatch.call(op, args, check))
 
 
 def verify_chain_greedy(
@@ -259,17 +136,5 @@ def verify_chain_greedy(
         >>> sk.verify_chain_greedy(torch.tensor([[1, 2]]), logits)
         ChainResult(tokens=tensor([[1, 0, -1]]), num_accepted=tensor([1]))
     """
-    dev = require_tensor(target_logits, "target_logits").device
-    backend = _backend.select("verify_chain_greedy", dev)
-    B, K, V, nd = _check_verify_chain_greedy(draft_tokens, target_logits, num_draft,
-                                             check and backend != "cpu")
-    if backend == "reference":
-        from ..reference.chain import verify_chain_greedy as ref
-
-        return ref(draft_tokens, target_logits, num_draft=nd, check=False)
-    if backend == "triton":
-        from ..triton.chain import verify_chain_greedy as tri
-
-        return ChainResult(*tri(draft_tokens, target_logits, nd))
-    return ChainResult(*torch.ops.specdec.verify_chain_greedy(draft_tokens, target_logits, nd,
-                                                              check and backend == "cpu"))
+    args = contract.verify_chain_greedy_args(draft_tokens, target_logits, num_draft)
+    return ChainResult(*_dispatch.call("verify_chain_greedy", args, check))

@@ -8,7 +8,7 @@ import math
 import torch
 
 from .. import _backend
-from ._common import (
+from ..contract._common import (
     BeamStep,
     SeedLike,
     TopKSample,

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._common import raise_first, require_device, require_tensor
+from ..contract._common import raise_first, require_device, require_tensor
 
 
 def _moves(accepted_nodes: torch.Tensor, num_accepted, prefix: torch.Tensor):

@@ -20,7 +20,7 @@ import math
 import torch
 
 from .. import _backend
-from ._common import require_device, require_float, require_tensor
+from ..contract._common import require_device, require_float, require_tensor
 
 _KIND = {"tv": 0, "tvdpp": 0, "kl": 1}
 

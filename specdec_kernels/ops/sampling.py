@@ -7,7 +7,7 @@ import math
 import torch
 
 from .. import _backend
-from ._common import raise_first, require_float, require_tensor, row_param
+from ..contract._common import raise_first, require_float, require_tensor, row_param
 
 
 def _prepare(logits, temperature, top_k, top_p, check: bool):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from .. import _backend
-from ._common import (
+from ..contract._common import (
     SeedLike,
     TreeResult,
     prob_sum_rule,
@@ -32,7 +32,7 @@ from ._common import (
     rng_rows,
     row_counts,
 )
-from .chain import _check_rule
+from ..contract.chain import check_rule as _check_rule
 
 #: Philox draws one verify_tree call consumes: ``offset`` and ``offset + 1``.
 VERIFY_TREE_OFFSET_STRIDE = 2

@@ -41,7 +41,8 @@ from __future__ import annotations
 
 import torch
 
-from ..ops._common import ChainResult, SeedLike, chain_rng_rows
+from ..contract import chain as contract
+from ..contract._common import ChainResult, SeedLike
 from ._fixed_point import fixed_point_sum
 from ._philox import draw_uniform, race_keys
 
@@ -117,34 +118,21 @@ def _block_row(P, Q, drafts, b: int, n: int, u_accept: torch.Tensor) -> tuple[in
     return 0, _token_residual(P, Q, drafts, b, 0)
 
 
-def verify_chain(
-    draft_tokens: torch.Tensor,
-    target_probs: torch.Tensor,
-    draft_probs: torch.Tensor | None = None,
-    *,
-    num_draft: torch.Tensor | None = None,
-    seed: SeedLike = None,
-    offset: int | torch.Tensor = 0,
-    rule: str = "token",
-    check: bool = True,
-    generator: torch.Generator | None = None,
-) -> ChainResult:
-    """Reference of :func:`specdec_kernels.verify_chain` (same arguments, same result)."""
-    from ..ops.chain import _check_rule, _check_verify_chain
-
-    row_rule = {"token": _token_row, "block": _block_row}[_check_rule(rule)]
-    B, K, V, _ = _check_verify_chain(draft_tokens, target_probs, draft_probs, num_draft, check)
-    seeds, offsets, streams = chain_rng_rows(seed, offset, B, target_probs.device, generator)
+def _verify_chain(row_rule, draft_tokens, target_probs, draft_probs, num_draft, seed, offset, row_streams):
+    B, K = draft_tokens.shape
+    V = target_probs.shape[2]
+    streams = torch.arange(B) if row_streams else torch.zeros(B, dtype=torch.long)
     tokens = torch.full((B, K + 1), -1, dtype=torch.long)
     num_accepted = torch.zeros(B, dtype=torch.long)
     P = target_probs.detach().cpu().float()
     Q = None if draft_probs is None else draft_probs.detach().cpu().float()
     drafts = draft_tokens.cpu()
+    seeds, offsets = seed.cpu(), offset.cpu()
     vocab = torch.arange(V)
     positions = torch.arange(max(K, 1))
     for b in range(B):
         n = K if num_draft is None else min(max(int(num_draft[b]), 0), K)
-        s, o, st = seeds[b].cpu(), offsets[b].cpu(), streams[b].cpu()
+        s, o, st = seeds[b], offsets[b], streams[b]
         a, row = row_rule(P, Q, drafts, b, n, draw_uniform(s, o, 0, st, positions))
         u_sample = draw_uniform(s, o, 1, st, vocab)
         y = sample_race(row, u_sample)
@@ -154,20 +142,21 @@ def verify_chain(
         tokens[b, a] = max(y, 0)
         num_accepted[b] = a
     dev = draft_tokens.device
-    return ChainResult(tokens.to(dev), num_accepted.to(dev))
+    return tokens.to(dev), num_accepted.to(dev)
 
 
-def verify_chain_greedy(
-    draft_tokens: torch.Tensor,
-    target_logits: torch.Tensor,
-    *,
-    num_draft: torch.Tensor | None = None,
-    check: bool = True,
-) -> ChainResult:
-    """Reference of :func:`specdec_kernels.verify_chain_greedy`."""
-    from ..ops.chain import _check_verify_chain_greedy
+def op_verify_chain(*args) -> tuple[torch.Tensor, torch.Tensor]:
+    """specdec::verify_chain on its canonical arguments (``contract.chain.VerifyChainArgs``)."""
+    return _verify_chain(_token_row, *args)
 
-    _check_verify_chain_greedy(draft_tokens, target_logits, num_draft, check)
+
+def op_verify_chain_block(*args) -> tuple[torch.Tensor, torch.Tensor]:
+    """specdec::verify_chain_block on its canonical arguments."""
+    return _verify_chain(_block_row, *args)
+
+
+def op_verify_chain_greedy(draft_tokens, target_logits, num_draft) -> tuple[torch.Tensor, torch.Tensor]:
+    """specdec::verify_chain_greedy on its canonical arguments."""
     B, K = draft_tokens.shape
     tokens = torch.full((B, K + 1), -1, dtype=torch.long)
     num_accepted = torch.zeros(B, dtype=torch.long)
@@ -183,4 +172,39 @@ def verify_chain_greedy(
             a += 1
         num_accepted[b] = a
     dev = draft_tokens.device
-    return ChainResult(tokens.to(dev), num_accepted.to(dev))
+    return tokens.to(dev), num_accepted.to(dev)
+
+
+def verify_chain(
+    draft_tokens: torch.Tensor,
+    target_probs: torch.Tensor,
+    draft_probs: torch.Tensor | None = None,
+    *,
+    num_draft: torch.Tensor | None = None,
+    seed: SeedLike = None,
+    offset: int | torch.Tensor = 0,
+    rule: str = "token",
+    check: bool = True,
+    generator: torch.Generator | None = None,
+) -> ChainResult:
+    """Reference of :func:`specdec_kernels.verify_chain` (same arguments, same result)."""
+    run = {"token": op_verify_chain, "block": op_verify_chain_block}[contract.check_rule(rule)]
+    args = contract.verify_chain_args(draft_tokens, target_probs, draft_probs, num_draft, seed, offset,
+                                      generator)
+    if check:
+        contract.check_verify_chain_values(*args)
+    return ChainResult(*run(*args))
+
+
+def verify_chain_greedy(
+    draft_tokens: torch.Tensor,
+    target_logits: torch.Tensor,
+    *,
+    num_draft: torch.Tensor | None = None,
+    check: bool = True,
+) -> ChainResult:
+    """Reference of :func:`specdec_kernels.verify_chain_greedy`."""
+    args = contract.verify_chain_greedy_args(draft_tokens, target_logits, num_draft)
+    if check:
+        contract.check_verify_chain_greedy_values(*args)
+    return ChainResult(*op_verify_chain_greedy(*args))

@@ -36,7 +36,7 @@ import math
 
 import torch
 
-from ..ops._common import BeamStep, SeedLike, TopKSample, chain_rng_rows
+from ..contract._common import BeamStep, SeedLike, TopKSample, chain_rng_rows
 from ._philox import draw_uniform
 
 _LN2 = math.log(2.0)

@@ -79,7 +79,7 @@ from __future__ import annotations
 
 import torch
 
-from ..ops._common import SeedLike, TreeResult, chain_rng_rows
+from ..contract._common import SeedLike, TreeResult, chain_rng_rows
 from ._fixed_point import fixed_point_sum
 from ._philox import draw_uniform
 from .chain import sample_race
@@ -191,7 +191,7 @@ def verify_tree(
     generator: torch.Generator | None = None,
 ) -> TreeResult:
     """Reference of :func:`specdec_kernels.verify_tree` (same arguments, same result)."""
-    from ..ops.chain import _check_rule
+    from ..contract.chain import check_rule as _check_rule
     from ..ops.tree import _check_verify_tree
 
     _check_rule(rule)

@@ -436,7 +436,6 @@ def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-@torch.library.custom_op("specdec_triton::verify_chain", mutates_args=())
 def verify_chain(
     draft_tokens: torch.Tensor,
     target_probs: torch.Tensor,
@@ -488,13 +487,6 @@ def verify_chain(
     return tokens, num_accepted
 
 
-@verify_chain.register_fake
-def _(draft_tokens, target_probs, draft_probs, num_draft, seeds, offsets, row_streams):
-    B, K = draft_tokens.shape
-    return draft_tokens.new_empty((B, K + 1)), draft_tokens.new_empty((B,))
-
-
-@torch.library.custom_op("specdec_triton::verify_chain_block", mutates_args=())
 def verify_chain_block(
     draft_tokens: torch.Tensor,
     target_probs: torch.Tensor,
@@ -565,13 +557,6 @@ def verify_chain_block(
     return tokens, num_accepted
 
 
-@verify_chain_block.register_fake
-def _(draft_tokens, target_probs, draft_probs, num_draft, seeds, offsets, row_streams):
-    B, K = draft_tokens.shape
-    return draft_tokens.new_empty((B, K + 1)), draft_tokens.new_empty((B,))
-
-
-@torch.library.custom_op("specdec_triton::verify_chain_greedy", mutates_args=())
 def verify_chain_greedy(
     draft_tokens: torch.Tensor,
     target_logits: torch.Tensor,
@@ -607,12 +592,6 @@ def verify_chain_greedy(
         num_accepted, B, K, NCH, HAS_ND=num_draft is not None, ROWS=ROWS, KP1=KP1, NCHP=NCHP,
         num_warps=1 if KP1 * NCHP <= 64 else 4)
     return tokens, num_accepted
-
-
-@verify_chain_greedy.register_fake
-def _(draft_tokens, target_logits, num_draft):
-    B, K = draft_tokens.shape
-    return draft_tokens.new_empty((B, K + 1)), draft_tokens.new_empty((B,))
 
 
 # One representative specialisation of each kernel, compiled for sm_90 by

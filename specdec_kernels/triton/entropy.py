@@ -56,7 +56,6 @@ def _launch_shape(R: int, V: int) -> tuple[int, int, int]:
     return block, 1, (8 if block >= 4096 else 4)
 
 
-@torch.library.custom_op("specdec_triton::draft_entropy", mutates_args=())
 def draft_entropy(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
     """Triton draft entropy; arguments validated by ``specdec_kernels.draft_entropy``.
     logits [R, V] (unit last stride), temperature float32 [R]; returns float32 [R]."""
@@ -69,11 +68,6 @@ def draft_entropy(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tens
         logits, logits.stride(0), temperature, temperature.stride(0), out, R, V,
         ROWS=ROWS, BLOCK=BLOCK, num_warps=warps)
     return out
-
-
-@draft_entropy.register_fake
-def _(logits, temperature):
-    return logits.new_empty((logits.shape[0],), dtype=torch.float32)
 
 
 COMPILE_CHECKS = [

@@ -277,7 +277,6 @@ def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-@torch.library.custom_op("specdec_triton::gumbel_topk", mutates_args=())
 def gumbel_topk(
     logits: torch.Tensor,
     temperature: torch.Tensor,
@@ -310,14 +309,6 @@ def gumbel_topk(
     return tokens, log_probs, scores
 
 
-@gumbel_topk.register_fake
-def _(logits, temperature, k, seeds, offsets, row_streams):
-    R = logits.shape[0]
-    return (logits.new_empty((R, k), dtype=torch.int64), logits.new_empty((R, k), dtype=torch.float32),
-            logits.new_empty((R, k), dtype=torch.float32))
-
-
-@torch.library.custom_op("specdec_triton::stochastic_beam_step", mutates_args=())
 def stochastic_beam_step(
     logits: torch.Tensor,
     beam_log_probs: torch.Tensor,
@@ -358,14 +349,6 @@ def stochastic_beam_step(
         HAS_LIVE=live is not None, CP=triton.next_power_of_2(NCH * kk), NCHP=triton.next_power_of_2(NCH),
         P=P, num_warps=1 if P * NCH <= 64 else 4)
     return parents, tokens, log_probs, scores
-
-
-@stochastic_beam_step.register_fake
-def _(logits, beam_log_probs, beam_scores, beam_mask, width, temperature, seeds, offsets, row_streams):
-    B = logits.shape[0]
-    ints = logits.new_empty((B, width), dtype=torch.int64)
-    floats = logits.new_empty((B, width), dtype=torch.float32)
-    return ints, ints.clone(), floats, floats.clone()
 
 
 def _partial_sig(dtype: str) -> dict:

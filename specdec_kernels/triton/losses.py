@@ -87,7 +87,6 @@ def _block(V: int) -> tuple[int, int]:
     return block, (8 if block >= 4096 else 4)
 
 
-@torch.library.custom_op("specdec_triton::divergence_forward", mutates_args=())
 def divergence_forward(student_logits: torch.Tensor, teacher_probs: torch.Tensor, kind: int) -> torch.Tensor:
     """Per-row stats [N, 4] float32 (lse, value, a, c) of the loss ``kind`` (0: TV, 1: KL)."""
     N, V = student_logits.shape
@@ -102,12 +101,6 @@ def divergence_forward(student_logits: torch.Tensor, teacher_probs: torch.Tensor
     return stats
 
 
-@divergence_forward.register_fake
-def _(student_logits, teacher_probs, kind):
-    return student_logits.new_empty((student_logits.shape[0], 4), dtype=torch.float32)
-
-
-@torch.library.custom_op("specdec_triton::divergence_backward", mutates_args=())
 def divergence_backward(student_logits: torch.Tensor, teacher_probs: torch.Tensor, stats: torch.Tensor,
                         coef: torch.Tensor, kind: int) -> torch.Tensor:
     """Gradient [N, V] (student dtype) from the forward stats and a per-row coefficient."""
@@ -120,11 +113,6 @@ def divergence_backward(student_logits: torch.Tensor, teacher_probs: torch.Tenso
         student_logits, student_logits.stride(0), teacher_probs, teacher_probs.stride(0), stats, coef, grad,
         N, V, KIND=kind, BLOCK=BLOCK, num_warps=warps)
     return grad
-
-
-@divergence_backward.register_fake
-def _(student_logits, teacher_probs, stats, coef, kind):
-    return torch.empty_like(student_logits)
 
 
 _SIG = {"z_ptr": "*bf16", "s_z": "i64", "p_ptr": "*fp32", "s_p": "i64", "st_ptr": "*fp32", "N": "i32",

@@ -155,7 +155,6 @@ def _sampling_probs_kernel(logits_ptr, out_ptr, temp_ptr, topk_ptr, topp_ptr, R,
             tl.store(orow + offs, tl.where(p >= tau, p / s32, 0.0), mask=m)
 
 
-@torch.library.custom_op("specdec_triton::sampling_probs", mutates_args=())
 def sampling_probs(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
                    top_p: torch.Tensor) -> torch.Tensor:
     """Triton sampling_probs; arguments validated by ``specdec_kernels.sampling_probs``.
@@ -189,11 +188,6 @@ def sampling_probs(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch
         logits, out, temperature, top_k, top_p, R, V,
         ROWS=ROWS, BLOCK=BLOCK, PRECISE=not triton_interpret(), num_warps=warps)
     return out
-
-
-@sampling_probs.register_fake
-def _(logits, temperature, top_k, top_p):
-    return logits.new_empty(logits.shape, dtype=torch.float32)
 
 
 COMPILE_CHECKS = [

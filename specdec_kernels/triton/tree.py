@@ -557,7 +557,6 @@ def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-@torch.library.custom_op("specdec_triton::verify_tree", mutates_args=())
 def verify_tree(
     tokens: torch.Tensor,
     parents: torch.Tensor,
@@ -596,13 +595,6 @@ def verify_tree(
     return out, nacc, out_nodes
 
 
-@verify_tree.register_fake
-def _(tokens, parents, target_probs, draft_probs, num_nodes, replacement, seeds, offsets, row_streams):
-    B, N = tokens.shape
-    return tokens.new_empty((B, N)), tokens.new_empty((B,)), tokens.new_empty((B, N))
-
-
-@torch.library.custom_op("specdec_triton::verify_tree_block", mutates_args=())
 def verify_tree_block(
     tokens: torch.Tensor,
     parents: torch.Tensor,
@@ -642,13 +634,6 @@ def verify_tree_block(
     return out, nacc, out_nodes
 
 
-@verify_tree_block.register_fake
-def _(tokens, parents, target_probs, draft_probs, num_nodes, replacement, seeds, offsets, row_streams):
-    B, N = tokens.shape
-    return tokens.new_empty((B, N)), tokens.new_empty((B,)), tokens.new_empty((B, N))
-
-
-@torch.library.custom_op("specdec_triton::verify_tree_greedy", mutates_args=())
 def verify_tree_greedy(
     tokens: torch.Tensor,
     parents: torch.Tensor,
@@ -672,12 +657,6 @@ def verify_tree_greedy(
         L, L.stride(0), L.stride(1), nn, nn.stride(0), out, out_nodes, nacc, N, V,
         HAS_NN=num_nodes is not None, NP=max(2, triton.next_power_of_2(N)), BLOCK=BLOCK, num_warps=warps)
     return out, nacc, out_nodes
-
-
-@verify_tree_greedy.register_fake
-def _(tokens, parents, target_logits, num_nodes):
-    B, N = tokens.shape
-    return tokens.new_empty((B, N)), tokens.new_empty((B,)), tokens.new_empty((B, N))
 
 
 def _walk(parents, num_nodes, prefix, mode: int) -> torch.Tensor:
@@ -706,30 +685,15 @@ def _walk(parents, num_nodes, prefix, mode: int) -> torch.Tensor:
     return out
 
 
-@torch.library.custom_op("specdec_triton::tree_attention_mask", mutates_args=())
 def tree_attention_mask(parents: torch.Tensor, num_nodes: torch.Tensor | None, packed: bool) -> torch.Tensor:
     """Triton tree attention mask (bool [B, N, N] or packed int32 [B, N, ceil(N/32)])."""
     return _walk(parents, num_nodes, None, 1 if packed else 0)
 
 
-@tree_attention_mask.register_fake
-def _(parents, num_nodes, packed):
-    B, N = parents.shape
-    if packed:
-        return parents.new_empty((B, N, (N + 31) // 32), dtype=torch.int32)
-    return parents.new_empty((B, N, N), dtype=torch.bool)
-
-
-@torch.library.custom_op("specdec_triton::tree_position_ids", mutates_args=())
 def tree_position_ids(parents: torch.Tensor, prefix_len: torch.Tensor,
                       num_nodes: torch.Tensor | None) -> torch.Tensor:
     """Triton tree position ids: prefix_len[b] + depth, int64 [B, N]."""
     return _walk(parents, num_nodes, prefix_len, 2)
-
-
-@tree_position_ids.register_fake
-def _(parents, prefix_len, num_nodes):
-    return parents.new_empty(parents.shape)
 
 
 # One representative specialisation of each kernel, compiled for sm_90 by
