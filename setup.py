@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import glob
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -142,6 +143,14 @@ def _openmp_flags() -> list[str]:
     return ["-fopenmp"]
 
 
+def _limit_macros() -> list[str]:
+    """specdec_kernels/contract/limits.py, the one statement of the constants Python and the kernels
+    share, as -DSPECDEC_<NAME>=<value> (read without importing the package, which needs _C)."""
+    limits = runpy.run_path(os.path.join(HERE, "specdec_kernels", "contract", "limits.py"))
+    return [f"-DSPECDEC_{k}={v!r}" for k, v in sorted(limits.items())
+            if k.isupper() and isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
 def _extensions():
     with_cuda, why = _cuda_wanted()
     arch_list = os.environ.get("SPECDEC_CUDA_ARCHS") or (_default_archs() if with_cuda else "")
@@ -150,12 +159,12 @@ def _extensions():
     sources += sorted(glob.glob("csrc/cpu/*.cpp"))
     # no -std: torch.utils.cpp_extension adds the standard its headers need (C++17 for torch 2.11,
     # C++20 for 2.14)
-    cxx = ["-O3", "-fvisibility=hidden"] + _openmp_flags()
+    cxx = ["-O3", "-fvisibility=hidden"] + _openmp_flags() + _limit_macros()
     link = _libstdcxx_link_args() + _openmp_flags()
     if with_cuda:
         _log(f"building CPU and CUDA kernels ({why}; archs {';'.join(archs)})")
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
-        nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
+        nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"] + _limit_macros()
         for a in archs:
             nvcc.append(f"-gencode=arch=compute_{a},code=sm_{a}")
         ext = cpp_extension.CUDAExtension(

@@ -1,6 +1,8 @@
-// The one place where the specdec op schemas are declared. CPU kernels register their
-// implementations in csrc/cpu/*.cpp, CUDA kernels in csrc/cuda/*.cu; fake (meta) implementations
-// for torch.compile live in specdec_kernels/_meta.py.
+// The one place where the specdec op schemas are declared; their canonical arguments are what
+// specdec_kernels/contract/<family>.py normalises user arguments to. CPU kernels register their
+// implementations in csrc/cpu/*.cpp, CUDA kernels in csrc/cuda/*.cu; the fakes (for torch.compile)
+// come from the contract and the Triton launchers are registered as CUDA kernels where Triton is the
+// chosen GPU implementation, both by specdec_kernels/ops/_dispatch.py.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -38,7 +40,7 @@ TORCH_LIBRARY(specdec, m) {
       "stochastic_beam_step(Tensor logits, Tensor beam_log_probs, Tensor beam_scores, Tensor? beam_mask, "
       "int width, Tensor temperature, Tensor seed, Tensor offset, bool row_streams, bool check=False) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
-  // Trees (docs/algorithms.md §4-5; tree format in specdec_kernels/ops/tree.py, arithmetic spec in
+  // Trees (docs/algorithms.md §4-5; tree format in specdec_kernels/contract/tree.py, arithmetic spec in
   // specdec_kernels/reference/tree.py). parents/tokens int64 [B, N], num_nodes int64 [B];
   // seed/offset/row_streams as for verify_chain. Results: (tokens [B, N], num_accepted [B],
   // accepted_nodes [B, N]); the mask is bool [B, N, N] or, packed, int32 [B, N, ceil(N/32)];
@@ -58,6 +60,13 @@ TORCH_LIBRARY(specdec, m) {
       "bool check=False) -> (Tensor, Tensor, Tensor)");
   m.def("tree_attention_mask(Tensor parents, Tensor? num_nodes, bool packed) -> Tensor");
   m.def("tree_position_ids(Tensor parents, Tensor prefix_len, Tensor? num_nodes) -> Tensor");
+  // Fused attention of tree nodes over their prefix and ancestors (docs/algorithms.md §5). q [B, Hq, N, D];
+  // caches [B, Hkv, L, D]; cache_seqlens int [B]; tree K/V [B, Hkv, N, D]; tree_mask packed int32
+  // [B, N, ceil(N/32)]. No C++ kernel: the cpu backend is a PyTorch composite and CUDA tensors run Triton
+  // (specdec_kernels/ops/_dispatch.py registers them).
+  m.def(
+      "tree_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_seqlens, Tensor k_tree, "
+      "Tensor v_tree, Tensor tree_mask, float scale) -> Tensor");
   // Entropy in nats of softmax(logits / T) per row (docs/algorithms.md §6): logits [R, V], temperature
   // float32 [R]; returns float32 [R].
   m.def("draft_entropy(Tensor logits, Tensor temperature, bool check=False) -> Tensor");

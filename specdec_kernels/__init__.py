@@ -38,14 +38,14 @@ from .ops.tree import (
 
 __version__ = "0.1.0"
 
-from . import policies  # noqa: E402  (after the ops it builds on)
+# After the ops: the policies build on draft_entropy; sk.reference.<op> is the spec of each op,
+# with the op's signature.
+from . import policies, reference  # noqa: E402
 
 if _backend.cpp_status()[0]:
-    from . import _meta
     from .ops import _dispatch
 
     _dispatch.install()
-    _meta.register(skip=_dispatch.OPS)
 
 
 def backends(device: str = "cpu") -> list[str]:
@@ -80,6 +80,7 @@ __all__ = [
     "backends",
     "cpu_simd_level",
     "policies",
+    "reference",
     "sampling_probs",
     "use_backend",
     "use_cpu_simd",

@@ -1,7 +1,8 @@
 """End to end with a Hugging Face model (a tiny random Llama built here, nothing downloaded): one
 forward over a whole tree with tree_attention_bias + tree_position_ids gives every node the logits
-of running its own path alone; after verify_tree and compact_tree_kv the cache continues exactly
-like a cache that saw only the prefix and the accepted path."""
+of running its own path alone; after verify_tree and compact_tree_kv (through specdec's
+compact_tree_cache) the cache continues exactly like a cache that saw only the prefix and the
+accepted path."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torch
 import specdec_kernels as sk
 
 transformers = pytest.importorskip("transformers")
-from specdec.models import cache_kwarg  # noqa: E402  (past_key_values warns from transformers 5.2x on)
+# past_key_values warns from transformers 5.2x on; Hugging Face caches are compacted by specdec's wrapper
+from specdec.models import cache_kwarg, compact_tree_cache  # noqa: E402
 
 PARENTS = [-1, 0, 0, 1, 1, 2, 3, 3, 6]  # 9 nodes, depth 4, siblings at several levels
 
@@ -78,7 +80,7 @@ def test_verify_then_compact_continues_like_the_accepted_sequence():
         res = sk.verify_tree(tokens, parents, p, q, seed=0)
         n = int(res.num_accepted[0])
         assert n >= 1
-        lengths = sk.compact_tree_kv(cache, res.accepted_nodes, root_pos)
+        lengths = compact_tree_cache(cache, res.accepted_nodes, root_pos)
         assert int(lengths[0]) == cache.get_seq_length() == root_pos + 1 + n
         # Next step: feed the emitted token; the compacted cache must act like prefix + path.
         nxt = res.tokens[:, n:n + 1]

@@ -1,6 +1,7 @@
 """compact_tree_kv: equality with the reference loop (tensors, sequences of tensors, per-row
 prefixes), in-place safety, end-to-end with verify_tree's accepted_nodes, Hugging Face caches
-(DynamicCache of the installed transformers, and a legacy key_cache/value_cache object), bad inputs."""
+through specdec.models.compact_tree_cache (DynamicCache of the installed transformers, and a legacy
+key_cache/value_cache object), bad inputs."""
 
 from __future__ import annotations
 
@@ -98,6 +99,8 @@ def test_end_to_end_with_verify_tree():
 
 def test_dynamic_cache_is_compacted_and_cropped():
     transformers = pytest.importorskip("transformers")
+    from specdec.models import compact_tree_cache  # Hugging Face caches: specdec's wrapper of the op
+
     g = torch.Generator().manual_seed(4)
     B, H, D, prefix, N = 2, 3, 4, 5, 7
     cache = transformers.DynamicCache()
@@ -108,7 +111,7 @@ def test_dynamic_cache_is_compacted_and_cropped():
         cache.update(k, v, layer)
         layers.append((k.clone(), v.clone()))
     acc = torch.tensor([[2, 5, -1, -1, -1, -1, -1], [1, -1, -1, -1, -1, -1, -1]])
-    lengths = sk.compact_tree_kv(cache, acc, prefix)
+    lengths = compact_tree_cache(cache, acc, prefix)
     assert lengths.tolist() == [prefix + 3, prefix + 2]
     assert cache.get_seq_length() == prefix + 3  # cropped to the longest row
     for layer, (k, v) in enumerate(layers):
@@ -135,12 +138,14 @@ class _LegacyCache:
 
 
 def test_legacy_cache_layout():
+    from specdec.models import compact_tree_cache
+
     g = torch.Generator().manual_seed(5)
     k = torch.randn(1, 2, 9, 3, generator=g)
     v = torch.randn(1, 2, 9, 3, generator=g)
     cache = _LegacyCache([k.clone()], [v.clone()])
     acc = torch.tensor([[1, 3, 4, -1, -1, -1]])
-    sk.compact_tree_kv(cache, acc, 3)
+    compact_tree_cache(cache, acc, 3)
     assert cache.get_seq_length() == 7
     assert torch.equal(cache.key_cache[0], ref.compact_tree_kv(k, acc, 3)[0][:, :, :7])
     assert torch.equal(cache.value_cache[0], ref.compact_tree_kv(v, acc, 3)[0][:, :, :7])
@@ -171,6 +176,8 @@ def test_bad_inputs(kv, acc, prefix, kw, match):
 
 
 def test_cache_needs_int_prefix():
+    from specdec.models import compact_tree_cache
+
     cache = _LegacyCache([torch.zeros(1, 1, 6, 2)], [torch.zeros(1, 1, 6, 2)])
     with pytest.raises(ValueError, match="prefix_len must be an int"):
-        sk.compact_tree_kv(cache, torch.tensor([[1, -1]]), torch.tensor([2]))
+        compact_tree_cache(cache, torch.tensor([[1, -1]]), torch.tensor([2]))

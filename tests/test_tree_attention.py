@@ -106,7 +106,7 @@ def test_cpu_backend_both_prefix_paths(monkeypatch, fused, dtype):
     for case in CASES:
         B, Hq, Hkv, N, D, L, lens = case
         a, parents = make(B, Hq, Hkv, N, D, L, dtype, "cpu", lens, seed=3)
-        out = ops_attention._tree_attention_cpu(**a, scale=a["q"].shape[-1] ** -0.5, chunk=16)
+        out = ops_attention.tree_attention_cpu(**a, scale=a["q"].shape[-1] ** -0.5, chunk=16)
         check_close(out, a, parents)
 
 

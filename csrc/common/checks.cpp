@@ -208,11 +208,14 @@ void check_chain_structure(const at::Tensor& draft_tokens, const std::optional<a
   }
 }
 
+#if !defined(SPECDEC_PROB_SUM_TOL) || !defined(SPECDEC_PROB_SUM_TOL_HALF)
+#error "SPECDEC_PROB_SUM_TOL* come from specdec_kernels/contract/limits.py (setup.py passes them)"
+#endif
 double prob_sum_tolerance(at::ScalarType dtype) {
-  return dtype == at::kHalf || dtype == at::kBFloat16 ? 1e-2 : 1e-3;
+  return dtype == at::kHalf || dtype == at::kBFloat16 ? SPECDEC_PROB_SUM_TOL_HALF : SPECDEC_PROB_SUM_TOL;
 }
 
-// The sum-to-1 rule as the Python messages state it (ops/_common.py prob_sum_rule), e.g.
+// The sum-to-1 rule as the Python messages state it (contract/_common.py prob_sum_rule), e.g.
 // "within 1e-03 for float32", and a sum formatted as Python's f"{s:.6g}".
 static std::string prob_sum_rule(at::ScalarType dtype) {
   char tol[16];

@@ -71,6 +71,25 @@ SPECDEC_HD DrawKey make_draw_key(int64_t seed, int64_t offset, int64_t slot, int
           static_cast<uint32_t>(d), static_cast<uint32_t>(d >> 32)};
 }
 
+// Where one request row's draws come from: its seed and offset, read with their strides (0 for a
+// scalar broadcast over the batch), and its stream, which is the row itself when one int seed covers
+// the batch (row_streams) and 0 when every request brings its own seed, so that a request's draws do
+// not depend on its position in the batch. Every kernel keys its draws through row_draw_key; the
+// Triton twin is row_draw_key in specdec_kernels/triton/_philox.py, the reference's is
+// row_stream_ids in specdec_kernels/contract/_common.py.
+struct RowStream {
+  const int64_t* seed;
+  int64_t seed_stride;
+  const int64_t* offset;
+  int64_t offset_stride;
+  bool row_streams;
+};
+
+SPECDEC_HD DrawKey row_draw_key(const RowStream& rs, int64_t row, int64_t slot) {
+  return make_draw_key(rs.seed[row * rs.seed_stride], rs.offset[row * rs.offset_stride], slot,
+                       rs.row_streams ? row : 0);
+}
+
 SPECDEC_HD Philox4 draw_block(const DrawKey& k, uint32_t block) {
   return philox4x32_10(block, k.stream, k.d0, k.d1, k.k0, k.k1);
 }

@@ -118,8 +118,8 @@ std::tuple<at::Tensor, at::Tensor> chain_kernel(const at::Tensor& draft_tokens, 
   const auto dt = draft_tokens.accessor<int64_t, 2>();
   const int64_t* nd = num_draft.has_value() ? num_draft->data_ptr<int64_t>() : nullptr;
   const int64_t nd_stride = num_draft.has_value() ? num_draft->stride(0) : 0;
-  const int64_t* seeds = seed.data_ptr<int64_t>();
-  const int64_t* offs = offset.data_ptr<int64_t>();
+  const RowStream rng{seed.data_ptr<int64_t>(), seed.stride(0), offset.data_ptr<int64_t>(), offset.stride(0),
+                      row_streams};
   int64_t* out = tokens.data_ptr<int64_t>();
   int64_t* nacc = num_accepted.data_ptr<int64_t>();
 
@@ -129,12 +129,10 @@ std::tuple<at::Tensor, at::Tensor> chain_kernel(const at::Tensor& draft_tokens, 
     const int64_t pB = target_probs.stride(0), pK = target_probs.stride(1);
     const int64_t qB = Q ? draft_probs->stride(0) : 0, qK = Q ? draft_probs->stride(1) : 0;
     parallel_requests(B, [&](int64_t b) {
-      const int64_t stream = row_streams ? b : 0;
-      const int64_t sd = seeds[b * seed.stride(0)], of = offs[b * offset.stride(0)];
       nacc[b] = Rule<scalar_t>::run(ChainRequest<scalar_t>{
           P + b * pB, pK, Q ? Q + b * qB : nullptr, qK, dt[b], out + b * (K + 1),
           nd ? std::clamp<int64_t>(nd[b * nd_stride], 0, K) : K, V,
-          make_draw_key(sd, of, 0, stream), make_draw_key(sd, of, 1, stream), check, sum_tol,
+          row_draw_key(rng, b, 0), row_draw_key(rng, b, 1), check, sum_tol,
           check ? &err[b] : nullptr, check ? &err_sum[b] : nullptr});
     });
   });

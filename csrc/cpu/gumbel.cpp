@@ -204,8 +204,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gumbel_topk_cpu(const at::Tensor&
   at::Tensor scores = at::empty({R, k}, logits.options().dtype(at::kFloat));
   if (R == 0) return {tokens, log_probs, scores};
   const float* temp = temperature.data_ptr<float>();
-  const int64_t* seeds = seed.data_ptr<int64_t>();
-  const int64_t* offs = offset.data_ptr<int64_t>();
+  const RowStream rng{seed.data_ptr<int64_t>(), seed.stride(0), offset.data_ptr<int64_t>(), offset.stride(0),
+                      row_streams};
   int64_t* tok = tokens.data_ptr<int64_t>();
   float* lp = log_probs.data_ptr<float>();
   float* sc = scores.data_ptr<float>();
@@ -216,8 +216,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gumbel_topk_cpu(const at::Tensor&
     at::parallel_for(0, R, 1, [&](int64_t r0, int64_t r1) {
       std::vector<Candidate> top(k);
       for (int64_t r = r0; r < r1; ++r) {
-        const DrawKey key = make_draw_key(seeds[r * seed.stride(0)], offs[r * offset.stride(0)], 0,
-                                          row_streams ? r : 0);
+        const DrawKey key = row_draw_key(rng, r, 0);
         const float T = temp[r * temperature.stride(0)];
         float lse;
         const scalar_t* row = X + r * sR;
@@ -263,8 +262,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> stochastic_beam_step_
   const bool* mask = beam_mask.has_value() ? beam_mask->data_ptr<bool>() : nullptr;
   const int64_t mB = mask ? beam_mask->stride(0) : 0, mW = mask ? beam_mask->stride(1) : 0;
   const float* temp = temperature.data_ptr<float>();
-  const int64_t* seeds = seed.data_ptr<int64_t>();
-  const int64_t* offs = offset.data_ptr<int64_t>();
+  const RowStream rng{seed.data_ptr<int64_t>(), seed.stride(0), offset.data_ptr<int64_t>(), offset.stride(0),
+                      row_streams};
   std::vector<int8_t> err(check ? B * W : 0, kRowOk);
   SPECDEC_DISPATCH_PROBS(logits.scalar_type(), "stochastic_beam_step_cpu", [&] {
     const scalar_t* X = logits.data_ptr<scalar_t>();
@@ -273,8 +272,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> stochastic_beam_step_
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t b = i / W, w = i % W;
         if (mask && !mask[b * mB + w * mW]) continue;  // dead beam: its row is never read
-        const DrawKey key = make_draw_key(seeds[b * seed.stride(0)], offs[b * offset.stride(0)], 0,
-                                          row_streams ? b : 0);
+        const DrawKey key = row_draw_key(rng, b, 0);
         ncand[i] = scan_row_any<scalar_t>(X + b * sB + w * sW, V, temp[b * temperature.stride(0)], key,
                                       static_cast<uint64_t>(w * V), kk, cand.data() + i * kk, &lse[i],
                                       check ? &err[i] : nullptr);

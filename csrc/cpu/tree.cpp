@@ -172,8 +172,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cpu(
   const auto par = parents.accessor<int64_t, 2>();
   const int64_t* nn = num_nodes.has_value() ? num_nodes->data_ptr<int64_t>() : nullptr;
   const int64_t nn_stride = num_nodes.has_value() ? num_nodes->stride(0) : 0;
-  const int64_t* seeds = seed.data_ptr<int64_t>();
-  const int64_t* offs = offset.data_ptr<int64_t>();
+  const RowStream rng{seed.data_ptr<int64_t>(), seed.stride(0), offset.data_ptr<int64_t>(), offset.stride(0),
+                      row_streams};
   auto o_tok = out.accessor<int64_t, 2>();
   auto o_nodes = out_nodes.accessor<int64_t, 2>();
   int64_t* nacc = num_accepted.data_ptr<int64_t>();
@@ -188,10 +188,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cpu(
     parallel_requests(B, [&](int64_t b) {
       static thread_local std::vector<int64_t> removed;
       const int64_t n_valid = valid_count(nn, nn_stride, b, N);
-      const int64_t stream = row_streams ? b : 0;
-      const int64_t sd = seeds[b * seed.stride(0)], of = offs[b * offset.stride(0)];
-      const DrawKey accept_key = make_draw_key(sd, of, 0, stream);
-      const DrawKey sample_key = make_draw_key(sd, of, 1, stream);
+      const DrawKey accept_key = row_draw_key(rng, b, 0);
+      const DrawKey sample_key = row_draw_key(rng, b, 1);
       const int64_t* prow_par = &par[b][0];
       const int64_t par_stride = parents.stride(1);
       int64_t node = 0, a = 0, y = -1;
@@ -346,8 +344,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_block_cpu(
   const auto par = parents.accessor<int64_t, 2>();
   const int64_t* nn = num_nodes.has_value() ? num_nodes->data_ptr<int64_t>() : nullptr;
   const int64_t nn_stride = num_nodes.has_value() ? num_nodes->stride(0) : 0;
-  const int64_t* seeds = seed.data_ptr<int64_t>();
-  const int64_t* offs = offset.data_ptr<int64_t>();
+  const RowStream rng{seed.data_ptr<int64_t>(), seed.stride(0), offset.data_ptr<int64_t>(), offset.stride(0),
+                      row_streams};
   auto o_tok = out.accessor<int64_t, 2>();
   auto o_nodes = out_nodes.accessor<int64_t, 2>();
   int64_t* nacc = num_accepted.data_ptr<int64_t>();
@@ -365,10 +363,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_block_cpu(
       // The path from the root has at most n_valid nodes; sized before the walk so that the frame
       // references below stay valid.
       if (static_cast<int64_t>(stack.size()) < n_valid) stack.resize(n_valid);
-      const int64_t stream = row_streams ? b : 0;
-      const int64_t sd = seeds[b * seed.stride(0)], of = offs[b * offset.stride(0)];
-      const DrawKey accept_key = make_draw_key(sd, of, 0, stream);
-      const DrawKey sample_key = make_draw_key(sd, of, 1, stream);
+      const DrawKey accept_key = row_draw_key(rng, b, 0);
+      const DrawKey sample_key = row_draw_key(rng, b, 1);
       const int64_t* prow_par = &par[b][0];
       const int64_t par_stride = parents.stride(1);
       auto prow = [&](const BlockFrame& f) { return P + b * pB + f.node * pN; };

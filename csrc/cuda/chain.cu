@@ -40,10 +40,6 @@ struct MaxBetter {
   }
 };
 
-struct RowRng {
-  int64_t seed, offset, stream;
-};
-
 template <typename T>
 struct ChainArgs {
   const int64_t* drafts;
@@ -71,15 +67,15 @@ __device__ __forceinline__ int row_num_draft(const ChainArgs<T>& A, int b) {
 }
 
 template <typename T>
-__device__ __forceinline__ RowRng row_rng(const ChainArgs<T>& A, int b) {
-  return {A.seed[b * A.seedS], A.offset[b * A.offS], A.row_streams ? b : 0};
+__device__ __forceinline__ RowStream row_stream(const ChainArgs<T>& A) {
+  return {A.seed, A.seedS, A.offset, A.offS, A.row_streams};
 }
 
 // Number of accepted drafts of row b, computed by one warp: lane i tests position i.
 template <typename T>
-__device__ int accepted_prefix(const ChainArgs<T>& A, int b, int n, const RowRng& rng) {
+__device__ int accepted_prefix(const ChainArgs<T>& A, int b, int n, const RowStream& rng) {
   const int lane = threadIdx.x & 31;
-  const DrawKey key = make_draw_key(rng.seed, rng.offset, 0, rng.stream);
+  const DrawKey key = row_draw_key(rng, b, 0);
   for (int base = 0; base < n; base += 32) {
     const int i = base + lane;
     bool ok = false;
@@ -166,7 +162,7 @@ __global__ void __launch_bounds__(kThreads)
                        int64_t* tokens, int64_t* num_accepted) {
   const int b = b0 + static_cast<int>(blockIdx.y), c = blockIdx.x;
   const int n = row_num_draft(A, b);
-  const RowRng rng = row_rng(A, b);
+  const RowStream rng = row_stream(A);
   __shared__ int s_a;
   if (threadIdx.x < 32) {
     const int a = accepted_prefix(A, b, n, rng);
@@ -188,7 +184,7 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t x = A.drafts[b * A.dB + a];
     skip = (x >= 0 && x < A.V) ? static_cast<int>(x) : -1;
   }
-  const DrawKey key = make_draw_key(rng.seed, rng.offset, 1, rng.stream);
+  const DrawKey key = row_draw_key(rng, b, 1);
   const int lo = c * chunk;
   const int hi = min(A.V, lo + chunk);
   float best = 0.f;
@@ -225,8 +221,8 @@ __global__ void __launch_bounds__(kThreads)
   if (y < 0) {
     // Residual of zero mass (p == q, or p one-hot at the rejected draft): measure-zero for valid
     // inputs, so this one-block pass over p is off the fast path.
-    const RowRng rng = row_rng(A, b);
-    const DrawKey key = make_draw_key(rng.seed, rng.offset, 1, rng.stream);
+    const RowStream rng = row_stream(A);
+    const DrawKey key = row_draw_key(rng, b, 1);
     best = 0.f;
     best_idx = INT_MAX;
     race_chunk<T>(A.P + b * A.pB + a * A.pK, nullptr, -1, 0, A.V, key, best, best_idx);
@@ -327,8 +323,8 @@ __global__ void __launch_bounds__(kThreads)
     block_decide(ChainArgs<T> A, BlockScratch S, int64_t* tokens, int64_t* num_accepted) {
   const int b = blockIdx.x;
   const int n = row_num_draft(A, b);
-  const RowRng rng = row_rng(A, b);
-  const DrawKey key = make_draw_key(rng.seed, rng.offset, 0, rng.stream);
+  const RowStream rng = row_stream(A);
+  const DrawKey key = row_draw_key(rng, b, 0);
   // Written by thread 0 and read back by the block in this kernel: plain (coherent) loads only.
   float* const wb = S.w + b * S.Kp;
   float* const eb = S.eta + b * S.Kp;
@@ -418,8 +414,8 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t x = A.drafts[b * A.dB + tau];
     skip = (x >= 0 && x < A.V) ? static_cast<int>(x) : -1;
   }
-  const RowRng rng = row_rng(A, b);
-  const DrawKey key = make_draw_key(rng.seed, rng.offset, 1, rng.stream);
+  const RowStream rng = row_stream(A);
+  const DrawKey key = row_draw_key(rng, b, 1);
   const int lo = c * chunk;
   const int hi = min(A.V, lo + chunk);
   float best = 0.f;

@@ -34,7 +34,10 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kGroup = 4 * kThreads;  // elements one block-wide step covers (4 per thread)
-constexpr int kMaxK = 256;
+#ifndef SPECDEC_CUDA_MAX_K
+#error "SPECDEC_CUDA_MAX_K comes from specdec_kernels/contract/limits.py (setup.py passes it)"
+#endif
+constexpr int kMaxK = SPECDEC_CUDA_MAX_K;
 constexpr uint32_t kEmpty = 0xffffffffu;  // index of an empty list slot: loses every tie
 
 // Indices are kept as uint32 (vocabulary ids < 2^31, beam-search keys w * kk + rank < 2^32);
@@ -228,7 +231,7 @@ __device__ __forceinline__ bool beam_live(const ScanArgs<T>& A, int64_t b, int w
 
 template <typename T>
 __device__ __forceinline__ DrawKey row_key(const ScanArgs<T>& A, int64_t b) {
-  return make_draw_key(A.seed[b * A.seedS], A.offset[b * A.offS], 0, A.row_streams ? b : 0);
+  return row_draw_key(RowStream{A.seed, A.seedS, A.offset, A.offS, A.row_streams}, b, 0);
 }
 
 // Vocabulary ids v0 .. v0+3; ok[j] false outside [0, V) or when the group lies past the chunk.

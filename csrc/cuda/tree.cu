@@ -261,10 +261,9 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t n_valid = valid_count(A.num_nodes, A.nnS, b, N);
   const int64_t* par = A.parents + b * A.pB;
   const int64_t* tok = A.tokens + b * A.tB;
-  const int64_t stream = A.row_streams ? b : 0;
-  const int64_t seed = A.seed[b * A.seedS], off = A.offset[b * A.offS];
-  const DrawKey key_accept = make_draw_key(seed, off, 0, stream);
-  const DrawKey key_sample = make_draw_key(seed, off, 1, stream);
+  const RowStream rng{A.seed, A.seedS, A.offset, A.offS, A.row_streams};
+  const DrawKey key_accept = row_draw_key(rng, b, 0);
+  const DrawKey key_sample = row_draw_key(rng, b, 1);
   const bool has_q = A.Q != nullptr;
   const bool exclude = !has_q || !A.replacement;
   int64_t* row_tok = out_tok + b * N;

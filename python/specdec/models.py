@@ -62,6 +62,64 @@ def cache_kwarg(model: nn.Module) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+# ----------------------------------------------------------------------------------------------
+# Hugging Face KV caches: the layers' tensors, cropping, tree compaction
+# ----------------------------------------------------------------------------------------------
+
+
+def cache_kv_tensors(cache) -> list[torch.Tensor]:
+    """Every layer's keys and values ([B, H, S, D] tensors, keys then values per layer) of a Hugging
+    Face cache: a transformers ``Cache`` (``.layers[i].keys/.values``, transformers >= 4.56, or
+    ``.key_cache/.value_cache``, 4.x) or a legacy tuple of (keys, values) per layer. A layer that
+    holds nothing yet (lazy initialisation) is left out: it has nothing to move."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None and all(hasattr(layer, "keys") and hasattr(layer, "values") for layer in layers):
+        pairs = [(layer.keys, layer.values) for layer in layers]
+    elif hasattr(cache, "key_cache") and hasattr(cache, "value_cache"):
+        pairs = list(zip(cache.key_cache, cache.value_cache, strict=True))
+    elif isinstance(cache, (tuple, list)) and all(isinstance(kv, (tuple, list)) and len(kv) >= 2
+                                                  for kv in cache):
+        pairs = [(kv[0], kv[1]) for kv in cache]
+    else:
+        raise ValueError("cache must be a Hugging Face Cache (with .layers or .key_cache/.value_cache) or a "
+                         f"legacy tuple of (keys, values) per layer, got {type(cache).__name__}")
+    tensors = []
+    for k, v in pairs:
+        if k is None or (isinstance(k, torch.Tensor) and k.numel() == 0):
+            continue
+        tensors += [k, v]
+    return tensors
+
+
+def crop_cache(cache, length: int) -> None:
+    """Keep the first ``length`` slots of a transformers Cache. Portable: transformers 5.x's
+    ``crop(n)`` takes the number of tokens to remove as a negative n (a positive n raises); 4.x keeps
+    n tokens but also reads a negative n as "remove |n|"."""
+    extra = int(cache.get_seq_length()) - length
+    if extra > 0:
+        cache.crop(-extra)
+
+
+def compact_tree_cache(cache, accepted_nodes: torch.Tensor, prefix_len: int, *,
+                       num_accepted: torch.Tensor | None = None, check: bool = True) -> torch.Tensor:
+    """:func:`specdec_kernels.compact_tree_kv` on a Hugging Face cache: move the accepted path's
+    key/value entries of every layer right after the root (slot ``prefix_len``), in place, then crop
+    the cache to ``prefix_len + 1 + max(num_accepted)`` slots.
+
+    ``cache``: as :func:`cache_kv_tensors` takes it (a legacy tuple cannot be cropped: slice its
+    tensors to the returned lengths yourself). ``prefix_len``: an int (the rows of a cache share one
+    length). Returns the lengths [B] (int64); with a batched cache, rows shorter than the longest keep
+    stale entries past their length: mask them in the next forward.
+    """
+    if not isinstance(prefix_len, int) or isinstance(prefix_len, bool):
+        raise ValueError("prefix_len must be an int for a Hugging Face Cache (its rows share one length)")
+    tensors = cache_kv_tensors(cache)
+    lengths = sk.compact_tree_kv(tensors, accepted_nodes, prefix_len, num_accepted=num_accepted, check=check)
+    if tensors and hasattr(cache, "crop"):
+        crop_cache(cache, int(lengths.max()) if lengths.numel() else prefix_len + 1)
+    return lengths
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -479,13 +537,11 @@ class SequenceCache:
         if not chain and m and path_nodes[:m] != list(range(1, m + 1)):
             # compact_tree_kv reads [B, N] rows padded with -1 (at most N - 1 accepted nodes)
             nodes = torch.tensor([path_nodes[:m] + [-1]], dtype=torch.long, device=self.device)
-            sk.compact_tree_kv(self.cache, nodes, root, check=False)
+            compact_tree_cache(self.cache, nodes, root, check=False)
         self.crop(root + 1 + m)
         self.pending = list(path_tokens[m:]) + [final]
         self.last_logits = None
 
     def crop(self, length: int) -> None:
-        extra = int(self.cache.get_seq_length()) - length
-        if extra > 0:
-            self.cache.crop(-extra)  # transformers 5.x: remove |n|; 4.x also reads negative n that way
+        crop_cache(self.cache, length)
         self.cache_len = min(self.cache_len, length)

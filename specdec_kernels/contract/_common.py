@@ -1,4 +1,4 @@
-"""Shared pieces of the public ops: result types, argument checks, seed/offset handling."""
+"""The contract floor's shared pieces: result types, argument checks, seed/offset normalisation."""
 
 from __future__ import annotations
 
@@ -6,17 +6,11 @@ from typing import NamedTuple
 
 import torch
 
+from .limits import PROB_SUM_TOL, PROB_SUM_TOL_HALF  # noqa: F401  (re-exported)
+
 SeedLike = int | torch.Tensor | None
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _MAX_SEED = 2**63
-
-#: check=True: a probability row must have |sum(row) - 1| <= this tolerance (summed in float32 or
-#: wider), by the dtype of the rows. Half-precision rows get more room: a bf16-rounded softmax over
-#: 128k ids can be off by a few tenths of a percent, since its largest probabilities are rounded
-#: with a spacing of 2^-8. The C++ twin (the cpu kernels' checks) is prob_sum_tolerance in
-#: csrc/common/checks.cpp.
-PROB_SUM_TOL = 1e-3  # float32 (and float64) rows
-PROB_SUM_TOL_HALF = 1e-2  # float16 and bfloat16 rows
 
 
 class ChainResult(NamedTuple):
@@ -152,13 +146,13 @@ def rng_rows(seed: SeedLike, offset, B: int, device: torch.device,
     return _per_row(seed, B, device, "seed"), _per_row(offset, B, device, "offset"), row_streams
 
 
-def chain_rng_rows(seed: SeedLike, offset, B: int, device: torch.device,
-                   generator: torch.Generator | None = None):
-    """Like :func:`rng_rows` but returns the per-row Philox stream ids instead of the flag."""
-    seeds, offsets, row_streams = rng_rows(seed, offset, B, device, generator)
-    streams = torch.arange(B, device=device) if row_streams else torch.zeros(B, dtype=torch.long,
-                                                                              device=device)
-    return seeds, offsets, streams
+def row_stream_ids(B: int, row_streams: bool, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The Philox stream of each row: the row itself when one int seed covers the batch, else 0 (every
+    request brings its own seed, so its draws do not depend on its position in the batch). The
+    kernels' twins: row_draw_key in csrc/common/philox.h and specdec_kernels/triton/_philox.py."""
+    if row_streams:
+        return torch.arange(B, device=device)
+    return torch.zeros(B, dtype=torch.long, device=device)
 
 
 def row_param(v, R: int, lead: tuple[int, ...], device, dtype, name: str) -> torch.Tensor:

@@ -180,14 +180,15 @@ def _kernel(op: Op, backend: str, device_type: str) -> Callable[..., Any]:
     return fn
 
 
-def call(name: str, args: tuple, check: bool = False):
-    """Run op ``name`` on canonical ``args`` with the backend ``_backend.select`` picks.
+def call(name: str, args: tuple, check: bool = False, backend: str | None = None):
+    """Run op ``name`` on canonical ``args`` with the backend ``_backend.select`` picks (or
+    ``backend``, for an op that must run one implementation, e.g. float64 losses on the reference).
 
     ``check``: run the value checks; the cpu kernels do them as they read (the C++ twin of the
     Python checks, csrc/common/checks.cpp), every other backend gets them here first."""
     op = OPS[name]
     device = args[op.device_arg].device
-    backend = _backend.select(op.select_as, device)
+    backend = backend or _backend.select(op.select_as, device)
     kernel_checks = backend == "cpu" and op.cpu == COMPILED
     if check and not kernel_checks and op.check_values is not None:
         op.check_values(*args)

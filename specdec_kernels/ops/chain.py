@@ -16,7 +16,8 @@ for _name in ("verify_chain", "verify_chain_block"):
                           select_as="verify_chain"))
 _dispatch.register(Op("verify_chain_greedy", fake=contract.chain_fake,
                       check_values=contract.check_verify_chain_greedy_values,
-                      reference="reference.chain:op_verify_chain_greedy", triton="triton.chain:verify_chain_greedy"))
+                      reference="reference.chain:op_verify_chain_greedy",
+                      triton="triton.chain:verify_chain_greedy"))
 
 
 def verify_chain(

@@ -2,60 +2,16 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .. import _backend
-from ..contract._common import raise_first, require_float, require_tensor, row_param
+from ..contract import entropy as contract
+from . import _dispatch
+from ._dispatch import Op
 
-
-def _prepare(logits, temperature, check: bool):
-    require_tensor(logits, "logits")
-    require_float(logits, "logits")
-    if logits.dim() < 1 or logits.shape[-1] < 1:
-        raise ValueError(f"logits must be [R, V] (or [..., V]) with V >= 1, got {list(logits.shape)}")
-    lead = tuple(logits.shape[:-1])
-    V = logits.shape[-1]
-    R = math.prod(lead)
-    if isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
-        if not (math.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"temperature must be > 0 and finite, got {temperature}")
-    elif isinstance(temperature, bool):
-        raise ValueError(f"temperature must be a float or a float tensor, got {temperature!r}")
-    temp = row_param(temperature, R, lead, logits.device, torch.float32, "temperature")
-    flat = logits.reshape(R, V)
-    if check and R > 0:
-        flags = torch.stack([
-            torch.isnan(flat).any() | (flat == float("inf")).any(),
-            (flat == float("-inf")).all(-1).any(),
-            ~(torch.isfinite(temp) & (temp > 0)).all(),
-        ])
-        raise_first(flags, [
-            "logits must not contain NaN or +inf",
-            "logits has a row where every entry is -inf (its distribution is undefined)",
-            "temperature must be > 0 and finite in every row",
-        ])
-    return flat, temp, lead
-
-
-def _stop_args(threshold, gamma, h: torch.Tensor) -> torch.Tensor:
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not (
-            math.isfinite(gamma) and gamma > 0):
-        raise ValueError(f"gamma must be a float > 0, got {gamma!r}")
-    if isinstance(threshold, torch.Tensor):
-        if not threshold.dtype.is_floating_point:
-            raise ValueError(f"threshold tensor must be a float tensor, got {threshold.dtype}")
-        if threshold.device != h.device:
-            raise ValueError(f"threshold tensor must be on {h.device}, got {threshold.device}")
-        if threshold.dim() != 0 and tuple(threshold.shape) != tuple(h.shape) and not (
-                threshold.dim() == 1 and threshold.shape[0] == h.numel()):
-            raise ValueError(f"threshold tensor must have shape [] or [R] = {list(h.shape)}, "
-                             f"got {list(threshold.shape)}")
-        return threshold.reshape(h.shape) if threshold.dim() else threshold
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or math.isnan(threshold):
-        raise ValueError(f"threshold must be a float or a float tensor, got {threshold!r}")
-    return torch.full_like(h, float(threshold))
+_dispatch.register(Op("draft_entropy", fake=contract.draft_entropy_fake,
+                      check_values=contract.check_draft_entropy_values,
+                      reference="reference.entropy:op_draft_entropy", triton="triton.entropy:draft_entropy",
+                      device_arg=0))
 
 
 def draft_entropy(logits: torch.Tensor, *, temperature: float | torch.Tensor = 1.0,
@@ -79,19 +35,8 @@ def draft_entropy(logits: torch.Tensor, *, temperature: float | torch.Tensor = 1
         >>> sk.draft_entropy(torch.zeros(2, 4))           # uniform over 4: log 4
         tensor([1.3863, 1.3863])
     """
-    backend = _backend.select("draft_entropy", require_tensor(logits, "logits").device)
-    # The cpu kernel checks the logits itself, for free: bad rows are those whose entropy is NaN.
-    flat, temp, lead = _prepare(logits, temperature, check and backend != "cpu")
-    if backend == "reference":
-        from ..reference.entropy import draft_entropy as ref
-
-        return ref(flat, temperature=temp, check=False).reshape(lead)
-    flat = flat if flat.stride(-1) == 1 else flat.contiguous()
-    if backend == "triton":
-        from ..triton.entropy import draft_entropy as tri
-
-        return tri(flat, temp).reshape(lead)
-    return torch.ops.specdec.draft_entropy(flat, temp, check and backend == "cpu").reshape(lead)
+    args, lead = contract.draft_entropy_args(logits, temperature)
+    return _dispatch.call("draft_entropy", args, check).reshape(lead)
 
 
 def adaedl_stop(logits: torch.Tensor, threshold: float | torch.Tensor, *, gamma: float = 0.2,
@@ -115,5 +60,5 @@ def adaedl_stop(logits: torch.Tensor, threshold: float | torch.Tensor, *, gamma:
         tensor([False,  True])
     """
     h = draft_entropy(logits, temperature=temperature, check=check)
-    lam = _stop_args(threshold, gamma, h)
+    lam = contract.adaedl_stop_args(threshold, gamma, h)
     return (1.0 - torch.sqrt(gamma * h.double())) < lam.double()

@@ -3,135 +3,22 @@ step, the drafting half of recursive speculative decoding. The public ops."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .. import _backend
-from ..contract._common import (
-    BeamStep,
-    SeedLike,
-    TopKSample,
-    raise_first,
-    require_device,
-    require_float,
-    require_tensor,
-    rng_rows,
-    row_param,
-)
+from ..contract import gumbel as contract
+from ..contract._common import BeamStep, SeedLike, TopKSample
+from ..contract.gumbel import CUDA_MAX_K, GUMBEL_OFFSET_STRIDE  # noqa: F401  (re-exported)
+from . import _dispatch
+from ._dispatch import Op
 
-#: Philox draws one gumbel_topk or stochastic_beam_step call consumes (draw ``offset``): advance
-#: ``offset`` by 1 between calls that share a seed.
-GUMBEL_OFFSET_STRIDE = 1
-
-# The CUDA kernels keep each warp's candidates in registers (8 per lane at most).
-CUDA_MAX_K = 256
-
-
-def _check_count(k, name: str) -> int:
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise ValueError(f"{name} must be an int, got {type(k).__name__}")
-    if k < 1:
-        raise ValueError(f"{name} must be >= 1, got {k}")
-    return k
-
-
-def _check_temperature(temperature, R: int, lead: tuple[int, ...], device) -> torch.Tensor:
-    if isinstance(temperature, bool):
-        raise ValueError(f"temperature must be a float or a float tensor, got {temperature!r}")
-    if isinstance(temperature, (int, float)) and not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be > 0 and finite (take the top-k logits for greedy), "
-                         f"got {temperature}")
-    return row_param(temperature, R, lead, device, torch.float32, "temperature")
-
-
-def _logit_flags(x: torch.Tensor, temp: torch.Tensor, live: torch.Tensor | None = None):
-    """Value flags of the logits and temperatures. The scaled logits x / T are checked, not x: a
-    finite logit that overflows float32 when divided by a small temperature is as bad as +inf.
-    ``live`` ([B, W] bool): rows of dead beams are not looked at."""
-    t = temp.reshape(temp.shape + (1,) * (x.dim() - 1))
-    scaled = x.float() / torch.where(torch.isfinite(t) & (t > 0), t, torch.ones_like(t))
-    bad = torch.isnan(scaled) | (scaled == float("inf"))
-    if live is not None:
-        bad = bad & live[..., None]
-    return [bad.any(), ~(torch.isfinite(temp) & (temp > 0)).all()], [
-        "logits must not contain NaN or +inf, and logits / temperature must not overflow float32 "
-        "(-inf masks a token)",
-        "temperature must be > 0 and finite in every row",
-    ]
-
-
-def _check_gumbel_topk(logits, k, temperature, check: bool):
-    require_tensor(logits, "logits")
-    if logits.dim() != 2:
-        raise ValueError(f"logits must be [R, V] (exactly 2-D), got shape {list(logits.shape)}")
-    require_float(logits, "logits")
-    R, V = logits.shape
-    if V < 1:
-        raise ValueError("logits must have V >= 1")
-    if V >= 2**31:
-        raise ValueError(f"logits must have V < 2**31, got {V}")
-    _check_count(k, "k")
-    if k > V:
-        raise ValueError(f"k must be <= V = {V} (k distinct tokens are drawn), got {k}")
-    temp = _check_temperature(temperature, R, (R,), logits.device)
-    if check and R > 0:
-        flags, msgs = _logit_flags(logits, temp)
-        raise_first(torch.stack(flags), msgs)
-    return R, V, temp
-
-
-def _beam_tensor(t, name: str, B: int, W: int, ref: torch.Tensor) -> torch.Tensor:
-    require_tensor(t, name)
-    if list(t.shape) != [B, W]:
-        raise ValueError(f"{name} must be [B, W] = [{B}, {W}] to match logits [B, W, V], got {list(t.shape)}")
-    require_device(t, ref, name, "logits")
-    if not t.dtype.is_floating_point:
-        raise ValueError(f"{name} must be a float tensor, got {t.dtype}")
-    return t.to(torch.float32).contiguous()
-
-
-def _check_beam_step(logits, beam_log_probs, beam_scores, width, temperature, beam_mask, check: bool):
-    require_tensor(logits, "logits")
-    if logits.dim() != 3:
-        raise ValueError(f"logits must be [B, W, V] (one row per live beam), got shape {list(logits.shape)}")
-    require_float(logits, "logits")
-    B, W, V = logits.shape
-    if V < 1 or W < 1:
-        raise ValueError(f"logits must have W >= 1 and V >= 1, got {list(logits.shape)}")
-    if W * V >= 2**32:
-        raise ValueError(f"logits must have W * V < 2**32 (one Philox element per expansion), got {W * V}")
-    _check_count(width, "width")
-    phi = _beam_tensor(beam_log_probs, "beam_log_probs", B, W, logits)
-    G = _beam_tensor(beam_scores, "beam_scores", B, W, logits)
-    mask = None
-    if beam_mask is not None:
-        require_tensor(beam_mask, "beam_mask")
-        if list(beam_mask.shape) != [B, W]:
-            raise ValueError(f"beam_mask must be [B, W] = [{B}, {W}], got {list(beam_mask.shape)}")
-        if beam_mask.dtype != torch.bool:
-            raise ValueError(f"beam_mask must be bool, got {beam_mask.dtype}")
-        require_device(beam_mask, logits, "beam_mask", "logits")
-        mask = beam_mask.contiguous()
-    temp = _check_temperature(temperature, B, (B,), logits.device)
-    if check and B > 0:
-        live = mask if mask is not None else torch.ones(B, W, dtype=torch.bool, device=logits.device)
-        flags, msgs = _logit_flags(logits, temp, live)
-        flags.append((live & ~torch.isfinite(phi)).any())
-        msgs.append("beam_log_probs must be finite for live beams (mask dead beams with beam_mask)")
-        flags.append((live & ~torch.isfinite(G)).any())
-        msgs.append("beam_scores must be finite for live beams (mask dead beams with beam_mask)")
-        raise_first(torch.stack(flags), msgs)
-    return B, W, V, temp, phi, G, mask
-
-
-def _route_large_k(backend: str, k: int) -> str:
-    # The CUDA kernels hold candidates in registers; larger k goes to Triton unless CUDA is forced
-    # (then the C++ check names the limit).
-    if backend == "cuda" and k > CUDA_MAX_K and _backend.forced() is None and \
-            "triton" in _backend.available("cuda"):
-        return "triton"
-    return backend
+_dispatch.register(Op("gumbel_topk", fake=contract.gumbel_topk_fake,
+                      check_values=contract.check_gumbel_topk_values,
+                      reference="reference.gumbel:op_gumbel_topk", triton="triton.gumbel:gumbel_topk",
+                      device_arg=0))
+_dispatch.register(Op("stochastic_beam_step", fake=contract.stochastic_beam_step_fake,
+                      check_values=contract.check_stochastic_beam_step_values,
+                      reference="reference.gumbel:op_stochastic_beam_step",
+                      triton="triton.gumbel:stochastic_beam_step", device_arg=0))
 
 
 def gumbel_topk(
@@ -182,22 +69,8 @@ def gumbel_topk(
         >>> sorted(out.tokens[0].tolist())
         [0, 1, 2]
     """
-    dev = require_tensor(logits, "logits").device
-    backend = _route_large_k(_backend.select("gumbel_topk", dev), k if isinstance(k, int) else 0)
-    # The cpu kernel checks the logits in its first pass over each row (no extra pass here).
-    R, V, temp = _check_gumbel_topk(logits, k, temperature, check and backend != "cpu")
-    seeds, offsets, row_streams = rng_rows(seed, offset, R, logits.device, generator)
-    if backend == "reference":
-        from ..reference.gumbel import gumbel_topk as ref
-
-        return ref(logits, k, temperature=temp, seed=seeds if not row_streams else int(seeds[0]) if R else 0,
-                   offset=offsets, check=False)
-    if backend == "triton":
-        from ..triton.gumbel import gumbel_topk as tri
-
-        return TopKSample(*tri(logits, temp, k, seeds, offsets, row_streams))
-    return TopKSample(*torch.ops.specdec.gumbel_topk(logits, temp, k, seeds, offsets, row_streams,
-                                                     check and backend == "cpu"))
+    args = contract.gumbel_topk_args(logits, k, temperature, seed, offset, generator)
+    return TopKSample(*_dispatch.call("gumbel_topk", args, check))
 
 
 def stochastic_beam_step(
@@ -254,20 +127,6 @@ def stochastic_beam_step(
         >>> step.tokens.shape, bool((step.parents == 0).all())
         (torch.Size([2, 3]), True)
     """
-    dev = require_tensor(logits, "logits").device
-    backend = _route_large_k(_backend.select("stochastic_beam_step", dev),
-                             width if isinstance(width, int) else 0)
-    B, W, V, temp, phi, G, mask = _check_beam_step(logits, beam_log_probs, beam_scores, width, temperature,
-                                                   beam_mask, check and backend != "cpu")
-    seeds, offsets, row_streams = rng_rows(seed, offset, B, logits.device, generator)
-    if backend == "reference":
-        from ..reference.gumbel import stochastic_beam_step as ref
-
-        return ref(logits, phi, G, width, temperature=temp, beam_mask=mask,
-                   seed=seeds if not row_streams else int(seeds[0]) if B else 0, offset=offsets, check=False)
-    if backend == "triton":
-        from ..triton.gumbel import stochastic_beam_step as tri
-
-        return BeamStep(*tri(logits, phi, G, mask, width, temp, seeds, offsets, row_streams))
-    return BeamStep(*torch.ops.specdec.stochastic_beam_step(logits, phi, G, mask, width, temp, seeds, offsets,
-                                                            row_streams, check and backend == "cpu"))
+    args = contract.stochastic_beam_step_args(logits, beam_log_probs, beam_scores, width, temperature,
+                                              beam_mask, seed, offset, generator)
+    return BeamStep(*_dispatch.call("stochastic_beam_step", args, check))

@@ -2,55 +2,16 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .. import _backend
-from ..contract._common import raise_first, require_float, require_tensor, row_param
+from ..contract import sampling as contract
+from . import _dispatch
+from ._dispatch import Op
 
-
-def _prepare(logits, temperature, top_k, top_p, check: bool):
-    require_tensor(logits, "logits")
-    require_float(logits, "logits")
-    if logits.dim() < 1 or logits.shape[-1] < 1:
-        raise ValueError(f"logits must be [R, V] (or [..., V]) with V >= 1, got {list(logits.shape)}")
-    shape = tuple(logits.shape)
-    lead = shape[:-1]
-    V = shape[-1]
-    R = math.prod(lead)
-    if isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
-        if not (math.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"temperature must be > 0 and finite (use verify_chain_greedy for greedy), "
-                             f"got {temperature}")
-    if isinstance(top_k, bool) or isinstance(top_k, float):
-        raise ValueError(f"top_k must be an int or an integer tensor, got {top_k!r}")
-    if isinstance(top_k, int) and top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
-    if isinstance(top_p, (int, float)) and not isinstance(top_p, bool) and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1] (1.0 = off), got {top_p}")
-    dev = logits.device
-    temp = row_param(temperature, R, lead, dev, torch.float32, "temperature")
-    k = row_param(top_k, R, lead, dev, torch.int64, "top_k")
-    p = row_param(top_p, R, lead, dev, torch.float32, "top_p")
-    flat = logits.reshape(R, V)
-    if check and R > 0:
-        row_all_masked = (flat == float("-inf")).all(-1).any()
-        flags = torch.stack([
-            torch.isnan(flat).any() | (flat == float("inf")).any(),
-            row_all_masked,
-            ~(torch.isfinite(temp) & (temp > 0)).all(),
-            (k < 0).any(),
-            ~((p > 0) & (p <= 1)).all(),
-        ])
-        raise_first(flags, [
-            "logits must not contain NaN or +inf",
-            "logits has a row where every entry is -inf",
-            "temperature must be > 0 and finite in every row (use verify_chain_greedy for greedy)",
-            "top_k must be >= 0 in every row (0 = off)",
-            "top_p must be in (0, 1] in every row (1.0 = off)",
-        ])
-    return flat, temp, k, p, shape
+_dispatch.register(Op("sampling_probs", fake=contract.sampling_probs_fake,
+                      check_values=contract.check_sampling_probs_values,
+                      reference="reference.sampling:op_sampling_probs",
+                      triton="triton.sampling:sampling_probs", device_arg=0))
 
 
 def sampling_probs(
@@ -86,15 +47,5 @@ def sampling_probs(
         >>> sk.sampling_probs(torch.tensor([[2.0, 1.0, 0.0, -1.0]]), temperature=0.5, top_k=2)
         tensor([[0.8808, 0.1192, 0.0000, 0.0000]])
     """
-    backend = _backend.select("sampling_probs", require_tensor(logits, "logits").device)
-    # The cpu kernel checks the logits in its first pass over each row, the parameters in C++.
-    flat, temp, k, p, shape = _prepare(logits, temperature, top_k, top_p, check and backend != "cpu")
-    if backend == "reference":
-        from ..reference.sampling import sampling_probs as ref
-
-        return ref(flat, temperature=temp, top_k=k, top_p=p, check=False).reshape(shape)
-    if backend == "triton":
-        from ..triton.sampling import sampling_probs as tri
-
-        return tri(flat, temp, k, p).reshape(shape)
-    return torch.ops.specdec.sampling_probs(flat, temp, k, p, check and backend == "cpu").reshape(shape)
+    args, shape = contract.sampling_probs_args(logits, temperature, top_k, top_p)
+    return _dispatch.call("sampling_probs", args, check).reshape(shape)

@@ -42,7 +42,7 @@ from __future__ import annotations
 import torch
 
 from ..contract import chain as contract
-from ..contract._common import ChainResult, SeedLike
+from ..contract._common import ChainResult, SeedLike, row_stream_ids
 from ._fixed_point import fixed_point_sum
 from ._philox import draw_uniform, race_keys
 
@@ -121,7 +121,7 @@ def _block_row(P, Q, drafts, b: int, n: int, u_accept: torch.Tensor) -> tuple[in
 def _verify_chain(row_rule, draft_tokens, target_probs, draft_probs, num_draft, seed, offset, row_streams):
     B, K = draft_tokens.shape
     V = target_probs.shape[2]
-    streams = torch.arange(B) if row_streams else torch.zeros(B, dtype=torch.long)
+    streams = row_stream_ids(B, row_streams)
     tokens = torch.full((B, K + 1), -1, dtype=torch.long)
     num_accepted = torch.zeros(B, dtype=torch.long)
     P = target_probs.detach().cpu().float()

@@ -2,7 +2,7 @@
 
 This file is the arithmetic spec every backend follows, step by step, in float32:
 
-Gumbel-Top-k, row r (stream ``r`` for an int seed, 0 for a seed tensor; Philox slot 0):
+Gumbel-Top-k, row r (stream ``r`` when row_streams, i.e. for an int seed, else 0; Philox slot 0):
     s[v] = float32(logits[r, v]) / T[r]                  IEEE division (correctly rounded)
     u[v] = draw_uniform(seed[r], offset[r], 0, stream, element=v)
     g[v] = -log(-log(u[v]))                              a Gumbel(0, 1) sample
@@ -36,7 +36,8 @@ import math
 
 import torch
 
-from ..contract._common import BeamStep, SeedLike, TopKSample, chain_rng_rows
+from ..contract import gumbel as contract
+from ..contract._common import BeamStep, SeedLike, TopKSample
 from ._philox import draw_uniform
 
 _LN2 = math.log(2.0)
@@ -74,6 +75,34 @@ def _top(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return vals, torch.where(vals == float("-inf"), torch.full_like(idx, -1), idx)
 
 
+def _streams(row_streams: bool, n: int) -> torch.Tensor:
+    """The Philox stream of each row: r when ``row_streams`` (an int seed), else 0 (a seed tensor)."""
+    return torch.arange(n) if row_streams else torch.zeros(n, dtype=torch.long)
+
+
+def op_gumbel_topk(logits, temperature, k, seed, offset, row_streams):
+    """specdec::gumbel_topk on its canonical arguments (``contract.gumbel.GumbelTopkArgs``):
+    logits [R, V], temperature float32 [R], seed / offset int64 [R]; (tokens, log_probs, scores)."""
+    R, V = logits.shape
+    dev = logits.device
+    x, temp = logits.detach().cpu(), temperature.cpu()
+    tokens = torch.full((R, k), -1, dtype=torch.long)
+    log_probs = torch.full((R, k), float("-inf"))
+    scores = torch.full((R, k), float("-inf"))
+    seeds, offsets, streams = seed.cpu(), offset.cpu(), _streams(row_streams, R)
+    step = max(1, BLOCK_ELEMENTS // V)
+    for r0 in range(0, R, step):
+        rows = slice(r0, min(R, r0 + step))
+        n = rows.stop - r0
+        zk, tok, lse, s_tok = row_candidates(x[rows], temp[rows], seeds[rows], offsets[rows], streams[rows],
+                                             torch.zeros(n, dtype=torch.long), k)
+        valid = tok >= 0  # valid slots come first
+        tokens[rows] = tok
+        log_probs[rows] = torch.where(valid, s_tok - torch.where(valid, lse, 0.0), log_probs[rows])
+        scores[rows] = torch.where(valid, zk - torch.where(valid, lse, 0.0), scores[rows])
+    return tokens.to(dev), log_probs.to(dev), scores.to(dev)
+
+
 def gumbel_topk(
     logits: torch.Tensor,
     k: int,
@@ -85,27 +114,10 @@ def gumbel_topk(
     generator: torch.Generator | None = None,
 ) -> TopKSample:
     """Reference of :func:`specdec_kernels.gumbel_topk` (same arguments, same result)."""
-    from ..ops.gumbel import _check_gumbel_topk
-
-    R, V, temp = _check_gumbel_topk(logits, k, temperature, check)
-    seeds, offsets, streams = chain_rng_rows(seed, offset, R, logits.device, generator)
-    dev = logits.device
-    x, temp = logits.detach().cpu(), temp.cpu()
-    tokens = torch.full((R, k), -1, dtype=torch.long)
-    log_probs = torch.full((R, k), float("-inf"))
-    scores = torch.full((R, k), float("-inf"))
-    seeds, offsets, streams = seeds.cpu(), offsets.cpu(), streams.cpu()
-    step = max(1, BLOCK_ELEMENTS // V)
-    for r0 in range(0, R, step):
-        rows = slice(r0, min(R, r0 + step))
-        n = rows.stop - r0
-        zk, tok, lse, s_tok = row_candidates(x[rows], temp[rows], seeds[rows], offsets[rows], streams[rows],
-                                             torch.zeros(n, dtype=torch.long), k)
-        valid = tok >= 0  # valid slots come first
-        tokens[rows] = tok
-        log_probs[rows] = torch.where(valid, s_tok - torch.where(valid, lse, 0.0), log_probs[rows])
-        scores[rows] = torch.where(valid, zk - torch.where(valid, lse, 0.0), scores[rows])
-    return TopKSample(tokens.to(dev), log_probs.to(dev), scores.to(dev))
+    args = contract.gumbel_topk_args(logits, k, temperature, seed, offset, generator)
+    if check:
+        contract.check_gumbel_topk_values(*args)
+    return TopKSample(*op_gumbel_topk(*args))
 
 
 def log1mexp(a: torch.Tensor) -> torch.Tensor:
@@ -121,30 +133,18 @@ def truncated_score(G: torch.Tensor, Z: torch.Tensor, Gt: torch.Tensor) -> torch
     return torch.where(Gt >= Z, G, out)
 
 
-def stochastic_beam_step(
-    logits: torch.Tensor,
-    beam_log_probs: torch.Tensor,
-    beam_scores: torch.Tensor,
-    width: int,
-    *,
-    temperature: float | torch.Tensor = 1.0,
-    beam_mask: torch.Tensor | None = None,
-    seed: SeedLike = None,
-    offset: int | torch.Tensor = 0,
-    check: bool = True,
-    generator: torch.Generator | None = None,
-) -> BeamStep:
-    """Reference of :func:`specdec_kernels.stochastic_beam_step` (same arguments, same result)."""
-    from ..ops.gumbel import _check_beam_step
-
-    B, W, V, temp, phi_in, G_in, mask = _check_beam_step(logits, beam_log_probs, beam_scores, width,
-                                                         temperature, beam_mask, check)
-    seeds, offsets, streams = chain_rng_rows(seed, offset, B, logits.device, generator)
+def op_stochastic_beam_step(logits, beam_log_probs, beam_scores, beam_mask, width, temperature, seed, offset,
+                            row_streams):
+    """specdec::stochastic_beam_step on its canonical arguments
+    (``contract.gumbel.StochasticBeamStepArgs``): logits [B, W, V], beam_log_probs / beam_scores
+    float32 [B, W], beam_mask bool [B, W] or None, temperature float32 [B], seed / offset int64 [B];
+    (parents, tokens, log_probs, scores), each [B, width]."""
+    B, W, V = logits.shape
+    seeds, offsets, streams = seed.cpu(), offset.cpu(), _streams(row_streams, B)
     dev = logits.device
-    x = logits.detach().cpu().float()
-    phi_all, G_all = phi_in.cpu(), G_in.cpu()
-    live_all = mask.cpu() if mask is not None else torch.ones(B, W, dtype=torch.bool)
-    x, temp = logits.detach().cpu(), temp.cpu()
+    phi_all, G_all = beam_log_probs.cpu(), beam_scores.cpu()
+    live_all = beam_mask.cpu() if beam_mask is not None else torch.ones(B, W, dtype=torch.bool)
+    x, temp = logits.detach().cpu(), temperature.cpu()
     parents = torch.full((B, width), -1, dtype=torch.long)
     tokens = torch.full((B, width), -1, dtype=torch.long)
     log_probs = torch.full((B, width), float("-inf"))
@@ -162,8 +162,8 @@ def stochastic_beam_step(
         if live.numel():
             n = live.numel()
             zk[live], tok[live], lse[live], s_tok[live] = row_candidates(
-                x[b, live], temp[b].expand(n), seeds[b].cpu().expand(n), offsets[b].cpu().expand(n),
-                streams[b].cpu().expand(n), live * V, kk)
+                x[b, live], temp[b].expand(n), seeds[b].expand(n), offsets[b].expand(n), streams[b].expand(n),
+                live * V, kk)
         phi, G = phi_all[b][:, None], G_all[b][:, None]
         valid = tok >= 0
         child_phi = phi + (s_tok - lse)
@@ -178,4 +178,25 @@ def stochastic_beam_step(
         tokens[b, :n] = tok.reshape(-1)[order]
         log_probs[b, :n] = child_phi.reshape(-1)[order]
         scores[b, :n] = Gp.reshape(-1)[order]
-    return BeamStep(parents.to(dev), tokens.to(dev), log_probs.to(dev), scores.to(dev))
+    return parents.to(dev), tokens.to(dev), log_probs.to(dev), scores.to(dev)
+
+
+def stochastic_beam_step(
+    logits: torch.Tensor,
+    beam_log_probs: torch.Tensor,
+    beam_scores: torch.Tensor,
+    width: int,
+    *,
+    temperature: float | torch.Tensor = 1.0,
+    beam_mask: torch.Tensor | None = None,
+    seed: SeedLike = None,
+    offset: int | torch.Tensor = 0,
+    check: bool = True,
+    generator: torch.Generator | None = None,
+) -> BeamStep:
+    """Reference of :func:`specdec_kernels.stochastic_beam_step` (same arguments, same result)."""
+    args = contract.stochastic_beam_step_args(logits, beam_log_probs, beam_scores, width, temperature,
+                                              beam_mask, seed, offset, generator)
+    if check:
+        contract.check_stochastic_beam_step_values(*args)
+    return BeamStep(*op_stochastic_beam_step(*args))

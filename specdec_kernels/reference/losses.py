@@ -12,14 +12,18 @@ Student q = softmax(student_logits), teacher p (probabilities), per position; po
          normalize=None is tv. The result is then a surrogate: its gradient is not the gradient of
          the reported value.
 * kl:    forward KL(p || q) = sum_x p (log p - log q); gradient (q sum_x p - p) / n.
-Everything here is float64 and explicit (no fused kernels): slow and obvious, the spec in code.
+Everything here is float64 and explicit (no fused kernels): slow and obvious, the spec in code. The
+losses return float32, or float64 when an input is float64. ``op_divergence_forward`` /
+``op_divergence_backward`` at the bottom are the reference of the two kernels the public losses are
+built from; the public losses run them for float64 inputs (in float64, on every backend), so that
+``torch.autograd.gradcheck`` works on them.
 """
 
 from __future__ import annotations
 
 import torch
 
-NORMALIZE = (None, "vocab", "batch")
+from ..contract import losses as contract
 
 
 def standardised_reward(r: torch.Tensor, keep: torch.Tensor, normalize: str | None) -> torch.Tensor:
@@ -69,30 +73,63 @@ class _Divergence(torch.autograd.Function):
         return g.to(z.dtype), None, None, None, None
 
 
-def _flat(student_logits, teacher_probs, mask):
-    from ..ops.losses import _check
+def divergence(student_logits: torch.Tensor, teacher_probs: torch.Tensor, keep: torch.Tensor, kind: str,
+               normalize: str | None) -> torch.Tensor:
+    """The loss of rows z [N, V], p [N, V], keep bool [N] (``contract.losses.loss_args``): float64 when
+    either input is float64 (gradcheck runs on this), else float32."""
+    out = _Divergence.apply(student_logits, teacher_probs, keep, kind, normalize)
+    return out.to(contract.loss_dtype(student_logits, teacher_probs))
 
-    return _check(student_logits, teacher_probs, mask)
+
+def op_divergence_forward(student_logits: torch.Tensor, teacher_probs: torch.Tensor,
+                          kind: int) -> torch.Tensor:
+    """Reference of the divergence_forward op: per-row stats [N, 4] (lse, value, a, c) of the loss
+    ``kind`` (0: TV, 1: KL), computed in float64 (spec in ``contract/losses.py``). float32 like the
+    kernels' stats, or float64 when an input is float64 (the losses' float64 path)."""
+    z, p = student_logits.double(), teacher_probs.double()
+    lse = torch.logsumexp(z, -1)
+    logq = z - lse[:, None]
+    q = torch.exp(logq)
+    zero = torch.zeros_like(p)
+    if kind == 0:
+        win = p > q
+        value = 0.5 * (p - q).abs().sum(-1)
+        a = torch.where(win, q, zero).sum(-1)
+        c = win.sum(-1).double()
+    else:
+        value = torch.where(p > 0, p * (torch.log(p.clamp_min(1e-300)) - logq), zero).sum(-1)
+        a = p.sum(-1)
+        c = torch.zeros_like(a)
+    return torch.stack([lse, value, a, c], -1).to(contract.loss_dtype(student_logits, teacher_probs))
+
+
+def op_divergence_backward(student_logits: torch.Tensor, teacher_probs: torch.Tensor, stats: torch.Tensor,
+                           coef: torch.Tensor, kind: int) -> torch.Tensor:
+    """Reference of the divergence_backward op: the gradient [N, V] in the student's dtype from the
+    forward stats and a per-row coefficient: TV ``-coef q (1[p > q] - a)``, KL ``coef (q a - p)``,
+    computed in float64."""
+    z, p = student_logits.double(), teacher_probs.double()
+    st, cf = stats.double(), coef.double()[:, None]
+    q = torch.exp(z - st[:, :1])
+    a = st[:, 2:3]
+    g = -cf * q * ((p > q).double() - a) if kind == 0 else cf * (q * a - p)
+    return torch.where(cf == 0, torch.zeros_like(g), g).to(student_logits.dtype)
 
 
 def tvdpp_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, *, mask: torch.Tensor | None = None,
                normalize: str | None = "vocab") -> torch.Tensor:
     """Reference of :func:`specdec_kernels.tvdpp_loss`."""
-    z, p, keep = _flat(student_logits, teacher_probs, mask)
-    if normalize not in NORMALIZE:
-        raise ValueError(f"normalize must be one of None, 'vocab', 'batch', got {normalize!r}")
-    return _Divergence.apply(z, p, keep, "tvdpp", normalize).float()
+    return divergence(*contract.loss_args(student_logits, teacher_probs, mask, "tvdpp", normalize), "tvdpp",
+                      normalize)
 
 
 def tvd_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, *,
              mask: torch.Tensor | None = None) -> torch.Tensor:
     """Reference of :func:`specdec_kernels.tvd_loss`."""
-    z, p, keep = _flat(student_logits, teacher_probs, mask)
-    return _Divergence.apply(z, p, keep, "tv", None).float()
+    return divergence(*contract.loss_args(student_logits, teacher_probs, mask), "tv", None)
 
 
 def kl_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, *,
             mask: torch.Tensor | None = None) -> torch.Tensor:
     """Reference of :func:`specdec_kernels.kl_loss`."""
-    z, p, keep = _flat(student_logits, teacher_probs, mask)
-    return _Divergence.apply(z, p, keep, "kl", None).float()
+    return divergence(*contract.loss_args(student_logits, teacher_probs, mask), "kl", None)

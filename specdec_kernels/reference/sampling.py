@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..contract import sampling as contract
+
 
 def filter_row(x: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     """Probabilities of one row of temperature-scaled logits ``x`` after top-k then top-p.
@@ -37,6 +39,18 @@ def filter_row(x: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     return probs.float()
 
 
+def op_sampling_probs(logits, temperature, top_k, top_p) -> torch.Tensor:
+    """specdec::sampling_probs on its canonical arguments (``contract.sampling.SamplingProbsArgs``):
+    logits [R, V], temperature / top_p float32 [R], top_k int64 [R]; probs [R, V] float32."""
+    out = torch.empty(logits.shape, dtype=torch.float32)
+    x_all = logits.detach().cpu().float()
+    temp, k, p = temperature.cpu(), top_k.cpu(), top_p.cpu()
+    for r in range(logits.shape[0]):
+        x = x_all[r] / temp[r]  # float32 division, as the kernels do
+        out[r] = filter_row(x, int(k[r]), float(p[r]))
+    return out.to(logits.device)
+
+
 def sampling_probs(
     logits: torch.Tensor,
     *,
@@ -46,13 +60,7 @@ def sampling_probs(
     check: bool = True,
 ) -> torch.Tensor:
     """Reference of :func:`specdec_kernels.sampling_probs` (same arguments, same result)."""
-    from ..ops.sampling import _prepare
-
-    flat, temp, k, p, shape = _prepare(logits, temperature, top_k, top_p, check)
-    out = torch.empty(flat.shape, dtype=torch.float32)
-    x_all = flat.detach().cpu().float()
-    temp, k, p = temp.cpu(), k.cpu(), p.cpu()
-    for r in range(flat.shape[0]):
-        x = x_all[r] / temp[r]  # float32 division, as the kernels do
-        out[r] = filter_row(x, int(k[r]), float(p[r]))
-    return out.reshape(shape).to(logits.device)
+    args, shape = contract.sampling_probs_args(logits, temperature, top_k, top_p)
+    if check:
+        contract.check_sampling_probs_values(*args)
+    return op_sampling_probs(*args).reshape(shape)

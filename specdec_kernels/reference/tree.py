@@ -79,7 +79,8 @@ from __future__ import annotations
 
 import torch
 
-from ..contract._common import SeedLike, TreeResult, chain_rng_rows
+from ..contract import tree as contract
+from ..contract._common import SeedLike, TreeResult, row_stream_ids
 from ._fixed_point import fixed_point_sum
 from ._philox import draw_uniform
 from .chain import sample_race
@@ -176,28 +177,12 @@ def _tree_block_row(P, Q, tok, par, b, n_valid, replacement, u_accept):
     return visit(0, 1.0, True)
 
 
-def verify_tree(
-    tokens: torch.Tensor,
-    parents: torch.Tensor,
-    target_probs: torch.Tensor,
-    draft_probs: torch.Tensor | None = None,
-    *,
-    num_nodes: torch.Tensor | None = None,
-    replacement: bool = False,
-    seed: SeedLike = None,
-    offset: int | torch.Tensor = 0,
-    rule: str = "token",
-    check: bool = True,
-    generator: torch.Generator | None = None,
-) -> TreeResult:
-    """Reference of :func:`specdec_kernels.verify_tree` (same arguments, same result)."""
-    from ..contract.chain import check_rule as _check_rule
-    from ..ops.tree import _check_verify_tree
-
-    _check_rule(rule)
-    B, N, V, nn = _check_verify_tree(tokens, parents, target_probs, draft_probs, num_nodes,
-                                     replacement, check)
-    seeds, offsets, streams = chain_rng_rows(seed, offset, B, target_probs.device, generator)
+def _verify_tree(rule: str, tokens, parents, target_probs, draft_probs, num_nodes, replacement, seed, offset,
+                 row_streams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    B, N = parents.shape
+    V = target_probs.shape[2]
+    seeds, offsets = seed.cpu(), offset.cpu()
+    streams = row_stream_ids(B, row_streams)
     out = torch.full((B, N), -1, dtype=torch.long)
     out_nodes = torch.full((B, N), -1, dtype=torch.long)
     num_accepted = torch.zeros(B, dtype=torch.long)
@@ -207,8 +192,8 @@ def verify_tree(
     par = parents.cpu().tolist()
     exclude = Q is None or not replacement
     for b in range(B):
-        n_valid = _valid_count(nn, b, N)
-        s, o, st = seeds[b].cpu(), offsets[b].cpu(), streams[b].cpu()
+        n_valid = _valid_count(num_nodes, b, N)
+        s, o, st = seeds[b], offsets[b], streams[b]
         u_accept = draw_uniform(s, o, 0, st, torch.arange(max(N - 1, 1))).tolist()
         u_sample = draw_uniform(s, o, 1, st, torch.arange(V))
         if rule == "block":
@@ -276,21 +261,46 @@ def verify_tree(
         out[b, a] = max(y, 0)
         num_accepted[b] = a
     dev = tokens.device
-    return TreeResult(out.to(dev), num_accepted.to(dev), out_nodes.to(dev))
+    return out.to(dev), num_accepted.to(dev), out_nodes.to(dev)
 
 
-def verify_tree_greedy(
+def op_verify_tree(*args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """specdec::verify_tree on its canonical arguments (``contract.tree.VerifyTreeArgs``)."""
+    return _verify_tree("token", *args)
+
+
+def op_verify_tree_block(*args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """specdec::verify_tree_block on its canonical arguments."""
+    return _verify_tree("block", *args)
+
+
+def verify_tree(
     tokens: torch.Tensor,
     parents: torch.Tensor,
-    target_logits: torch.Tensor,
+    target_probs: torch.Tensor,
+    draft_probs: torch.Tensor | None = None,
     *,
     num_nodes: torch.Tensor | None = None,
+    replacement: bool = False,
+    seed: SeedLike = None,
+    offset: int | torch.Tensor = 0,
+    rule: str = "token",
     check: bool = True,
+    generator: torch.Generator | None = None,
 ) -> TreeResult:
-    """Reference of :func:`specdec_kernels.verify_tree_greedy`."""
-    from ..ops.tree import _check_verify_tree_greedy
+    """Reference of :func:`specdec_kernels.verify_tree` (same arguments, same result)."""
+    run = {"token": op_verify_tree, "block": op_verify_tree_block}[contract.check_rule(rule)]
+    args = contract.verify_tree_args(tokens, parents, target_probs, draft_probs, num_nodes, replacement, seed,
+                                     offset, generator)
+    if check:
+        contract.check_verify_tree_values(*args)
+    return TreeResult(*run(*args))
 
-    B, N, V, nn = _check_verify_tree_greedy(tokens, parents, target_logits, num_nodes, check)
+
+def op_verify_tree_greedy(tokens, parents, target_logits, num_nodes) -> tuple[torch.Tensor, torch.Tensor,
+                                                                              torch.Tensor]:
+    """specdec::verify_tree_greedy on its canonical arguments."""
+    B, N = parents.shape
     out = torch.full((B, N), -1, dtype=torch.long)
     out_nodes = torch.full((B, N), -1, dtype=torch.long)
     num_accepted = torch.zeros(B, dtype=torch.long)
@@ -298,7 +308,7 @@ def verify_tree_greedy(
     tok = tokens.cpu().tolist()
     par = parents.cpu().tolist()
     for b in range(B):
-        n_valid = _valid_count(nn, b, N)
+        n_valid = _valid_count(num_nodes, b, N)
         node, a = 0, 0
         while True:
             row = torch.where(torch.isnan(L[b, node]), float("-inf"), L[b, node])
@@ -313,7 +323,22 @@ def verify_tree_greedy(
         out[b, a] = best
         num_accepted[b] = a
     dev = tokens.device
-    return TreeResult(out.to(dev), num_accepted.to(dev), out_nodes.to(dev))
+    return out.to(dev), num_accepted.to(dev), out_nodes.to(dev)
+
+
+def verify_tree_greedy(
+    tokens: torch.Tensor,
+    parents: torch.Tensor,
+    target_logits: torch.Tensor,
+    *,
+    num_nodes: torch.Tensor | None = None,
+    check: bool = True,
+) -> TreeResult:
+    """Reference of :func:`specdec_kernels.verify_tree_greedy`."""
+    args = contract.verify_tree_greedy_args(tokens, parents, target_logits, num_nodes)
+    if check:
+        contract.check_verify_tree_greedy_values(*args)
+    return TreeResult(*op_verify_tree_greedy(*args))
 
 
 def _ancestors(par: list[int], i: int, n_valid: int) -> list[int]:
@@ -330,21 +355,24 @@ def _ancestors(par: list[int], i: int, n_valid: int) -> list[int]:
     return out
 
 
-def tree_attention_mask(parents: torch.Tensor, *, num_nodes: torch.Tensor | None = None,
-                        packed: bool = False, check: bool = True) -> torch.Tensor:
-    """Reference of :func:`specdec_kernels.tree_attention_mask` (brute force: walk every node up)."""
-    from ..ops.tree import _check_tree_only
-
-    B, N, nn = _check_tree_only(parents, num_nodes, check)
+def op_tree_attention_mask(parents, num_nodes, packed) -> torch.Tensor:
+    """specdec::tree_attention_mask on its canonical arguments (brute force: walk every node up)."""
+    B, N = parents.shape
     par = parents.cpu().tolist()
     mask = torch.zeros(B, N, N, dtype=torch.bool)
     for b in range(B):
-        n_valid = _valid_count(nn, b, N)
+        n_valid = _valid_count(num_nodes, b, N)
         for i in range(N):
             mask[b, i, _ancestors(par[b], i, n_valid)] = True
     if packed:
         mask = pack_bits(mask)
     return mask.to(parents.device)
+
+
+def tree_attention_mask(parents: torch.Tensor, *, num_nodes: torch.Tensor | None = None,
+                        packed: bool = False, check: bool = True) -> torch.Tensor:
+    """Reference of :func:`specdec_kernels.tree_attention_mask`."""
+    return op_tree_attention_mask(*contract.tree_attention_mask_args(parents, num_nodes, packed, check))
 
 
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:
@@ -357,17 +385,20 @@ def pack_bits(mask: torch.Tensor) -> torch.Tensor:
     return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
 
 
-def tree_position_ids(parents: torch.Tensor, prefix_len: int | torch.Tensor, *,
-                      num_nodes: torch.Tensor | None = None, check: bool = True) -> torch.Tensor:
-    """Reference of :func:`specdec_kernels.tree_position_ids`."""
-    from ..ops.tree import _check_tree_only, _prefix_rows
-
-    B, N, nn = _check_tree_only(parents, num_nodes, check)
-    prefix = _prefix_rows(prefix_len, B, parents.device).cpu()
+def op_tree_position_ids(parents, prefix_len, num_nodes) -> torch.Tensor:
+    """specdec::tree_position_ids on its canonical arguments."""
+    B, N = parents.shape
+    prefix = prefix_len.cpu()
     par = parents.cpu().tolist()
     out = torch.zeros(B, N, dtype=torch.long)
     for b in range(B):
-        n_valid = _valid_count(nn, b, N)
+        n_valid = _valid_count(num_nodes, b, N)
         for i in range(N):
             out[b, i] = int(prefix[b]) + len(_ancestors(par[b], i, n_valid)) - 1
     return out.to(parents.device)
+
+
+def tree_position_ids(parents: torch.Tensor, prefix_len: int | torch.Tensor, *,
+                      num_nodes: torch.Tensor | None = None, check: bool = True) -> torch.Tensor:
+    """Reference of :func:`specdec_kernels.tree_position_ids`."""
+    return op_tree_position_ids(*contract.tree_position_ids_args(parents, prefix_len, num_nodes, check))

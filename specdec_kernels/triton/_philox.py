@@ -55,6 +55,17 @@ def draw_key(seed, offset, slot, stream):
 
 
 @triton.jit
+def row_draw_key(seed_ptr, s_seed, off_ptr, s_off, row, stream_mul, slot, mask):
+    """Twin of ``row_draw_key`` in csrc/common/philox.h: the key of a request row's draw at ``slot``.
+    Its seed and offset are read with their strides (0 for a scalar broadcast over the batch); its
+    stream is ``row * stream_mul``: the row itself when one int seed covers the batch, 0 when every
+    request brings its own seed. Rows outside ``mask`` read seed 0 and offset 0 (never used)."""
+    seed = tl.load(seed_ptr + row * s_seed, mask=mask, other=0)
+    offset = tl.load(off_ptr + row * s_off, mask=mask, other=0)
+    return draw_key(seed, offset, slot, row * stream_mul)
+
+
+@triton.jit
 def word_to_uniform(w):
     """uint32 word -> float32 uniform ((w >> 9) + 0.5) * 2^-23 in (0, 1), exact."""
     return ((w >> 9).to(tl.int32).to(tl.float32) + 0.5) * _TWO_M23

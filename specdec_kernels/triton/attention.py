@@ -126,6 +126,9 @@ def _num_splits(L: int, programs: int, block_l: int, device: torch.device) -> in
 
 def tree_attention(q, k_cache, v_cache, cache_seqlens, k_tree, v_tree, tree_mask,
                    scale: float) -> torch.Tensor:
+    """The tree_attention op on its canonical arguments (``contract.attention.TreeAttentionArgs``):
+    the output [B, Hq, N, D] in q's dtype. Values are not checked here (``_dispatch.call`` runs
+    ``check_tree_attention_values`` first when asked)."""
     B, Hq, N, D = q.shape
     Hkv, L = k_cache.shape[1], k_cache.shape[2]
     G = Hq // Hkv

@@ -49,7 +49,7 @@ import triton
 import triton.language as tl
 
 from .._backend import triton_interpret
-from ._philox import draw_key, uniform_at, uniform_block
+from ._philox import row_draw_key, uniform_at, uniform_block
 from .tree import _TWO_M32, _TWO_M64, _fixed_words
 
 # Index sentinel of "no winner" in a partial: larger than any vocabulary index.
@@ -110,9 +110,7 @@ def _chain_partial_kernel(
         n = tl.minimum(tl.maximum(tl.load(nd_ptr + b * snd, mask=bm, other=0), 0), K).to(tl.int64)
     else:
         n = tl.zeros((ROWS,), tl.int64) + K
-    seed = tl.load(seed_ptr + b * s_seed, mask=bm, other=0)
-    offset = tl.load(off_ptr + b * s_off, mask=bm, other=0)
-    k0, k1, st, d0, d1 = draw_key(seed, offset, 0, b * stream_mul)
+    k0, k1, st, d0, d1 = row_draw_key(seed_ptr, s_seed, off_ptr, s_off, b, stream_mul, 0, bm)
 
     # Acceptance prefix: K one-element gathers p_i(x_i), q_i(x_i), all issued at once.
     pos = tl.arange(0, KP)[None, :]
@@ -244,9 +242,7 @@ def _block_decide_kernel(
         n = tl.minimum(tl.maximum(tl.load(nd_ptr + b * snd, mask=bm, other=0), 0), K).to(tl.int64)
     else:
         n = tl.where(bm, K, 0).to(tl.int64)
-    seed = tl.load(seed_ptr + b * s_seed, mask=bm, other=0)
-    offset = tl.load(off_ptr + b * s_off, mask=bm, other=0)
-    k0, k1, st, d0, d1 = draw_key(seed, offset, 0, b * stream_mul)
+    k0, k1, st, d0, d1 = row_draw_key(seed_ptr, s_seed, off_ptr, s_off, b, stream_mul, 0, bm)
 
     # The drafts' scalars p_{i-1}(x_i), q_{i-1}(x_i), all gathered at once. Drafts from the first
     # out-of-range one on (check=False only) are never dereferenced: their weights are 0.
@@ -330,9 +326,7 @@ def _block_race_kernel(
     tau = tl.load(tau_ptr + b, mask=bm, other=0)
     wt = tl.load(wt_ptr + b, mask=bm, other=-1.0)
     resid = wt >= 0.0
-    seed = tl.load(seed_ptr + b * s_seed, mask=bm, other=0)
-    offset = tl.load(off_ptr + b * s_off, mask=bm, other=0)
-    k0, k1, st, d0, d1 = draw_key(seed, offset, 0, b * stream_mul)
+    k0, k1, st, d0, d1 = row_draw_key(seed_ptr, s_seed, off_ptr, s_off, b, stream_mul, 0, bm)
     offs = c * BLOCK + tl.arange(0, BLOCK)
     m = bm[:, None] & (offs < V)[None, :]
     p = tl.load((p_ptr + b * sp_b + tau * sp_k)[:, None] + offs[None, :], mask=m, other=0.0).to(tl.float32)

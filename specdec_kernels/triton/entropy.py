@@ -57,8 +57,9 @@ def _launch_shape(R: int, V: int) -> tuple[int, int, int]:
 
 
 def draft_entropy(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-    """Triton draft entropy; arguments validated by ``specdec_kernels.draft_entropy``.
-    logits [R, V] (unit last stride), temperature float32 [R]; returns float32 [R]."""
+    """Triton draft entropy on the canonical arguments (``contract.entropy.DraftEntropyArgs``,
+    checked by ``contract.entropy.draft_entropy_args``): logits [R, V] (unit last stride),
+    temperature float32 [R]; returns float32 [R]."""
     R, V = logits.shape
     out = torch.empty((R,), dtype=torch.float32, device=logits.device)
     if R == 0:

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from .._backend import triton_interpret
-from ._philox import draw_key, uniform_at, uniform_block
+from ._philox import row_draw_key, uniform_at, uniform_block
 
 # Index sentinel of an empty candidate slot: larger than any vocabulary index.
 _NO_IDX = tl.constexpr(2**31 - 1)
@@ -80,9 +80,7 @@ def _topk_partial_kernel(
         rm = rm & (tl.load(live_ptr + row, mask=rm, other=0) != 0)  # dead beams: never read
     c = tl.program_id(1)
     T = tl.load(temp_ptr + b, mask=rm, other=1.0)
-    seed = tl.load(seed_ptr + b * s_seed, mask=rm, other=0)
-    offset = tl.load(off_ptr + b * s_off, mask=rm, other=0)
-    k0, k1, st, d0, d1 = draw_key(seed, offset, 0, b * stream_mul)
+    k0, k1, st, d0, d1 = row_draw_key(seed_ptr, s_seed, off_ptr, s_off, b, stream_mul, 0, rm)
 
     offs = c * BLOCK + tl.arange(0, BLOCK)
     m = rm[:, None] & (offs < V)[None, :]
@@ -285,10 +283,12 @@ def gumbel_topk(
     offsets: torch.Tensor,
     row_streams: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Triton Gumbel-Top-k; arguments validated by ``specdec_kernels.gumbel_topk``.
+    """Triton Gumbel-Top-k on the canonical arguments (``contract.gumbel.GumbelTopkArgs``, checked
+    by ``contract.gumbel.gumbel_topk_args``).
 
-    logits [R, V] f32/f16/bf16, temperature float32 [R] contiguous, 1 <= k <= V, seeds/offsets int64
-    [R] (any stride). Returns (tokens [R, k] int64, log_probs [R, k] f32, scores [R, k] f32).
+    logits [R, V] f32/f16/bf16, temperature float32 [R], 1 <= k <= V (no CUDA_MAX_K limit here),
+    seeds/offsets int64 [R] (any stride). Returns (tokens [R, k] int64, log_probs [R, k] f32,
+    scores [R, k] f32).
     """
     R, V = logits.shape
     dev = logits.device
@@ -320,8 +320,8 @@ def stochastic_beam_step(
     offsets: torch.Tensor,
     row_streams: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Triton Stochastic Beam Search step; arguments validated by
-    ``specdec_kernels.stochastic_beam_step``.
+    """Triton Stochastic Beam Search step on the canonical arguments
+    (``contract.gumbel.StochasticBeamStepArgs``, checked by ``contract.gumbel.stochastic_beam_step_args``).
 
     logits [B, W, V], beam_log_probs/beam_scores float32 [B, W], beam_mask bool [B, W] or None,
     width >= 1, temperature float32 [B], seeds/offsets int64 [B]. Returns (parents, tokens,

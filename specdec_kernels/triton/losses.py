@@ -88,7 +88,8 @@ def _block(V: int) -> tuple[int, int]:
 
 
 def divergence_forward(student_logits: torch.Tensor, teacher_probs: torch.Tensor, kind: int) -> torch.Tensor:
-    """Per-row stats [N, 4] float32 (lse, value, a, c) of the loss ``kind`` (0: TV, 1: KL)."""
+    """The divergence_forward op (canonical arguments: ``contract.losses.DivergenceForwardArgs``):
+    per-row stats [N, 4] float32 (lse, value, a, c) of the loss ``kind`` (0: TV, 1: KL)."""
     N, V = student_logits.shape
     stats = torch.empty((N, 4), dtype=torch.float32, device=student_logits.device)
     if N == 0:
@@ -103,7 +104,8 @@ def divergence_forward(student_logits: torch.Tensor, teacher_probs: torch.Tensor
 
 def divergence_backward(student_logits: torch.Tensor, teacher_probs: torch.Tensor, stats: torch.Tensor,
                         coef: torch.Tensor, kind: int) -> torch.Tensor:
-    """Gradient [N, V] (student dtype) from the forward stats and a per-row coefficient."""
+    """The divergence_backward op (``contract.losses.DivergenceBackwardArgs``): the gradient [N, V]
+    (student dtype) from the forward stats and a per-row coefficient."""
     N, V = student_logits.shape
     grad = torch.empty((N, V), dtype=student_logits.dtype, device=student_logits.device)
     if N == 0:

@@ -157,7 +157,8 @@ def _sampling_probs_kernel(logits_ptr, out_ptr, temp_ptr, topk_ptr, topp_ptr, R,
 
 def sampling_probs(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
                    top_p: torch.Tensor) -> torch.Tensor:
-    """Triton sampling_probs; arguments validated by ``specdec_kernels.sampling_probs``.
+    """Triton sampling_probs on the canonical arguments (``contract.sampling.SamplingProbsArgs``,
+    checked by ``contract.sampling.sampling_probs_args``).
 
     logits [R, V] float32/float16/bfloat16, temperature [R] float32 (> 0), top_k [R] int64 (0 or
     >= V = off), top_p [R] float32 in (0, 1] (1 = off). Returns probs [R, V] float32.

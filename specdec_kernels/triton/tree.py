@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from .._backend import triton_interpret
-from ._philox import draw_key, uniform_at, uniform_block
+from ._philox import row_draw_key, uniform_at, uniform_block
 
 # Index sentinel of "no winner": larger than any vocabulary index.
 _NO_IDX = tl.constexpr(2**31 - 1)
@@ -144,9 +144,7 @@ def _verify_tree_kernel(
     n_valid = tl.zeros((), tl.int64) + N
     if HAS_NN:
         n_valid = tl.minimum(tl.maximum(tl.load(nn_ptr + b * s_nn), 1), n_valid)
-    seed = tl.load(seed_ptr + b * s_seed)
-    offset = tl.load(off_ptr + b * s_off)
-    k0, k1, st, d0, d1 = draw_key(seed, offset, 0, b * stream_mul)
+    k0, k1, st, d0, d1 = row_draw_key(seed_ptr, s_seed, off_ptr, s_off, b, stream_mul, 0, b >= 0)
     d1s = d1 + (d0 == 0xFFFFFFFF).to(tl.uint32)  # slot 1: draw = offset + 1 with the carry
     d0s = d0 + 1
 
@@ -272,9 +270,7 @@ def _verify_tree_block_kernel(
     n_valid = tl.zeros((), tl.int64) + N
     if HAS_NN:
         n_valid = tl.minimum(tl.maximum(tl.load(nn_ptr + b * s_nn), 1), n_valid)
-    seed = tl.load(seed_ptr + b * s_seed)
-    offset = tl.load(off_ptr + b * s_off)
-    k0, k1, st, d0, d1 = draw_key(seed, offset, 0, b * stream_mul)
+    k0, k1, st, d0, d1 = row_draw_key(seed_ptr, s_seed, off_ptr, s_off, b, stream_mul, 0, b >= 0)
     d1s = d1 + (d0 == 0xFFFFFFFF).to(tl.uint32)  # slot 1: draw = offset + 1 with the carry
     d0s = d0 + 1
 
@@ -568,7 +564,8 @@ def verify_tree(
     offsets: torch.Tensor,
     row_streams: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Triton tree verification; arguments validated by ``specdec_kernels.verify_tree``.
+    """Triton tree verification (specdec::verify_tree) on its canonical arguments
+    (``contract.tree.VerifyTreeArgs``, checked by ``contract.tree.verify_tree_args``).
 
     Returns (tokens [B, N], num_accepted [B], accepted_nodes [B, N]), int64 with -1 padding.
     """
@@ -606,8 +603,9 @@ def verify_tree_block(
     offsets: torch.Tensor,
     row_streams: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Triton Traversal Verification (``verify_tree(rule="block")``); arguments validated by
-    ``specdec_kernels.verify_tree``. Also the cuda backend's kernel for this rule.
+    """Triton Traversal Verification (specdec::verify_tree_block, ``verify_tree(rule="block")``) on
+    its canonical arguments (``contract.tree.VerifyTreeArgs``). There is no C++ CUDA kernel for this
+    rule: this is the op's CUDA kernel under every backend.
 
     Returns (tokens [B, N], num_accepted [B], accepted_nodes [B, N]), int64 with -1 padding.
     """
@@ -640,7 +638,11 @@ def verify_tree_greedy(
     target_logits: torch.Tensor,
     num_nodes: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Triton greedy tree verification; arguments validated by ``specdec_kernels.verify_tree_greedy``."""
+    """Triton greedy tree verification (specdec::verify_tree_greedy) on its canonical arguments
+    (``contract.tree.VerifyTreeGreedyArgs``).
+
+    Returns (tokens [B, N], num_accepted [B], accepted_nodes [B, N]), int64 with -1 padding.
+    """
     B, N = tokens.shape
     V = target_logits.shape[-1]
     dev = tokens.device
@@ -686,13 +688,15 @@ def _walk(parents, num_nodes, prefix, mode: int) -> torch.Tensor:
 
 
 def tree_attention_mask(parents: torch.Tensor, num_nodes: torch.Tensor | None, packed: bool) -> torch.Tensor:
-    """Triton tree attention mask (bool [B, N, N] or packed int32 [B, N, ceil(N/32)])."""
+    """Triton tree attention mask (specdec::tree_attention_mask, canonical arguments:
+    ``contract.tree.TreeAttentionMaskArgs``): bool [B, N, N] or packed int32 [B, N, ceil(N/32)]."""
     return _walk(parents, num_nodes, None, 1 if packed else 0)
 
 
 def tree_position_ids(parents: torch.Tensor, prefix_len: torch.Tensor,
                       num_nodes: torch.Tensor | None) -> torch.Tensor:
-    """Triton tree position ids: prefix_len[b] + depth, int64 [B, N]."""
+    """Triton tree position ids (specdec::tree_position_ids, canonical arguments:
+    ``contract.tree.TreePositionIdsArgs``; prefix_len int64 [B]): prefix_len[b] + depth, int64 [B, N]."""
     return _walk(parents, num_nodes, prefix_len, 2)
 
 
