@@ -57,6 +57,7 @@ import time
 import torch
 
 import specdec_kernels as sk
+import specdec_kernels.testing as skt
 from specdec_kernels import reference
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -120,7 +121,7 @@ def section_time(w: Writer, reps: int, shapes=TIME_SHAPES) -> None:
                 exp = reference.verify_chain(inp.x[:m], inp.p[:m], None if q is None else q[:m],
                                              seed=inp.seed[:m], offset=inp.offset, rule=rule, check=False)
                 got = sk.verify_chain(inp.x, inp.p, q, seed=inp.seed, offset=inp.offset, rule=rule)
-                bench.check_chain(got, exp, K, V)
+                skt.check_chain(got, exp, K, V)
             taus = {r: float(sk.verify_chain(inp.x, inp.p, q, seed=inp.seed, offset=inp.offset, rule=r)
                              .num_accepted.double().mean()) for r in ("token", "block")}
             for check in (False, True):
@@ -142,7 +143,8 @@ def section_time(w: Writer, reps: int, shapes=TIME_SHAPES) -> None:
 
 
 def synthetic_round(B: int, K: int, V: int, temperature: float, sigma: float, seed: int):
-    """LM-like rows (benchmarks/conftest.py's target recipe) at a temperature; drafter = noisy logits."""
+    """LM-like rows (specdec_kernels.testing.make_chain_inputs's target recipe) at a temperature;
+    drafter = noisy logits."""
     g = torch.Generator().manual_seed(seed)
     z = 2.0 * torch.randn(B, K + 1, V, generator=g)
     mode = torch.randint(0, V, (B, K + 1, 1), generator=g)

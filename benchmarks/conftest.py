@@ -1,4 +1,7 @@
-"""Shared machinery of the specdec_kernels microbenchmarks (pytest-benchmark).
+"""Shared machinery of the specdec_kernels microbenchmarks (pytest-benchmark): the grids of cases,
+the cached inputs and reference results, and the timed, checked call with its recorded extra_info.
+Input builders, comparators and bytes-moved counts are those of ``specdec_kernels.testing``
+(imported as ``skt`` by the benchmark files); the ``bench`` fixture gives this module.
 
 What a benchmark here does, in order:
   1. builds realistic inputs once per shape (peaked target rows, a noisy draft, drafts sampled
@@ -27,7 +30,6 @@ Environment:
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import subprocess
 import sys
@@ -41,6 +43,7 @@ import pytest
 import torch
 
 import specdec_kernels as sk
+import specdec_kernels.testing as skt
 
 # One CUDA graph replays this many calls: a single call of these ops is a few microseconds of GPU
 # work, below the launch + synchronisation overhead we would otherwise be timing.
@@ -65,7 +68,6 @@ LOSS_OPS = {"tvdpp_loss"}
 # independent (seed tensors give every row its own stream), so a prefix checks the kernel.
 CHECK_ROWS = 4
 COPY_BYTES = 512 * 2**20
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Other processes on the machine skew CPU timings: the load is recorded with the results.
 _LOAD_AT_START = os.getloadavg() if hasattr(os, "getloadavg") else None
 
@@ -99,8 +101,9 @@ def grid(device: str) -> list[tuple[int, int, int]]:
 def dtypes() -> list[str]:
     names = [d.strip() for d in os.environ.get("SPECDEC_BENCH_DTYPES", "float32").split(",") if d.strip()]
     for d in names:
-        if d not in _DTYPES:
-            raise pytest.UsageError(f"SPECDEC_BENCH_DTYPES: unknown dtype {d!r} (use {', '.join(_DTYPES)})")
+        if d not in skt.DTYPES:
+            known = ", ".join(skt.DTYPES)
+            raise pytest.UsageError(f"SPECDEC_BENCH_DTYPES: unknown dtype {d!r} (use {known})")
     return names
 
 
@@ -264,23 +267,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Inputs
+# Inputs (built by specdec_kernels.testing) and reference results, cached across benchmarks
 
-
-@dataclass
-class Inputs:
-    """Chain inputs of one shape: drafts x [B,K], target probs p [B,K+1,V], draft probs q [B,K,V],
-    target logits z [B,K+1,V] (p = softmax(z)), per-row seed tensor [B], offset tensor []."""
-
-    x: torch.Tensor
-    p: torch.Tensor
-    q: torch.Tensor
-    z: torch.Tensor
-    seed: torch.Tensor
-    offset: torch.Tensor
-
-
-_INPUT_CACHE: dict[tuple, Inputs] = {}
+_INPUT_CACHE: dict[tuple, Any] = {}
 # Inputs are kept across benchmarks (each test function walks the whole grid, so an input set is
 # needed once per op) up to this many bytes; the oldest go first.
 INPUT_CACHE_BYTES = 4 * 2**30 if torch.cuda.is_available() else 2 * 2**30
@@ -290,194 +279,27 @@ def _nbytes(inp: Any) -> int:
     return sum(t.numel() * t.element_size() for t in vars(inp).values() if isinstance(t, torch.Tensor))
 
 
-def make_inputs(device: str, B: int, K: int, V: int, dtype: str, seed: int = 0) -> Inputs:
-    """Realistic chain inputs, cached (see ``INPUT_CACHE_BYTES``).
-
-    Target rows look like a language model's: a flat background (2 * N(0,1) logits) plus one mode
-    whose probability is spread over about [0.1, 0.98] across rows. The draft is the target with
-    N(0,1) logit noise, and drafts are sampled from it. Acceptance then varies per request, so
-    rejections land at every position and some requests accept everything (bonus row).
-    """
-    key = (device, B, K, V, dtype, seed)
+def _cached_input(key: tuple, need: int, build: Callable[[], Any]) -> Any:
+    """build(), kept under ``key``; ``need``: about what the new set and its temporaries take."""
     if key in _INPUT_CACHE:
         return _INPUT_CACHE[key]
-    need = 4 * B * (K + 1) * V * 4  # about what the new set and its temporaries take
     while _INPUT_CACHE and sum(map(_nbytes, _INPUT_CACHE.values())) + need > INPUT_CACHE_BYTES:
         del _INPUT_CACHE[next(iter(_INPUT_CACHE))]
-    g = torch.Generator(device=device).manual_seed(seed)
-    z = 2.0 * torch.randn(B, K + 1, V, generator=g, device=device)
-    mode = torch.randint(0, V, (B, K + 1, 1), generator=g, device=device)
-    # background mass is about V * e^2, so a mode logit of log(V) + 2 + c gets probability ~sigmoid(c)
-    c = torch.rand(B, K + 1, 1, generator=g, device=device) * 6.0 - 2.0
-    z.scatter_add_(-1, mode, math.log(V) + 2.0 + c)
-    p = torch.softmax(z, -1)
-    q = torch.softmax(z[:, :K] + torch.randn(B, K, V, generator=g, device=device), -1)
-    x = torch.multinomial(q.reshape(-1, V), 1, generator=g).reshape(B, K)
-    dt = _DTYPES[dtype]
-    inp = Inputs(
-        x=x,
-        p=p.to(dt),
-        q=q.to(dt),
-        z=z.to(dt),
-        seed=torch.arange(B, dtype=torch.int64, device=device) + 1234,
-        offset=torch.zeros((), dtype=torch.int64, device=device),
-    )
-    _INPUT_CACHE[key] = inp
-    return inp
+    _INPUT_CACHE[key] = build()
+    return _INPUT_CACHE[key]
 
 
-# ----------------------------------------------------------------------------------------------
-# Bytes that must move
+def make_inputs(device: str, B: int, K: int, V: int, dtype: str, seed: int = 0) -> skt.ChainInputs:
+    """:func:`specdec_kernels.testing.make_chain_inputs`, cached (see ``INPUT_CACHE_BYTES``)."""
+    return _cached_input((device, B, K, V, dtype, seed), 4 * B * (K + 1) * V * 4,
+                         lambda: skt.make_chain_inputs(device, B, K, V, dtype, seed))
 
 
-def elt(dtype: str) -> int:
-    return torch.empty((), dtype=_DTYPES[dtype]).element_size()
+def make_tree_inputs(device: str, B: int, N: int, V: int, dtype: str) -> skt.TreeInputs:
+    """:func:`specdec_kernels.testing.make_tree_inputs`, cached with the chain inputs."""
+    return _cached_input(("tree", device, B, N, V, dtype), 4 * B * N * V * 4,
+                         lambda: skt.make_tree_inputs(device, B, N, V, dtype))
 
-
-def chain_bytes(num_accepted: torch.Tensor, K: int, V: int, dtype: str, draft_probs: bool) -> int:
-    """Bytes verify_chain must move, from its actual result.
-
-    Per request with n accepted drafts: the drafts read until the first rejection (min(n+1, K)
-    int64), seed and offset (2 int64), two scalars p(x), q(x) per accepted draft (one without
-    draft_probs), then ONE full row: the rejected row of p, plus the same row of q when the
-    residual max(0, p - q) needs it, or the bonus row of p when everything was accepted; finally
-    the outputs (K+1 tokens and num_accepted, int64).
-    """
-    e = elt(dtype)
-    total = 0
-    for n in num_accepted.tolist():
-        total += min(n + 1, K) * 8 + 2 * 8
-        total += n * (2 if draft_probs else 1) * e
-        rows = 2 if (draft_probs and n < K) else 1
-        total += rows * V * e
-        total += (K + 1) * 8 + 8
-    return total
-
-
-def greedy_bytes(num_accepted: torch.Tensor, K: int, V: int, dtype: str) -> int:
-    """Bytes verify_chain_greedy must move: an argmax needs the full row, so the n+1 rows up to the
-    first mismatch (or the bonus row), the drafts compared (min(n+1, K)), and the outputs."""
-    e = elt(dtype)
-    return sum((n + 1) * V * e + min(n + 1, K) * 8 + (K + 1) * 8 + 8 for n in num_accepted.tolist())
-
-
-def make_logits(device: str, shape: tuple[int, ...], dtype: str, seed: int = 0) -> torch.Tensor:
-    """Drafter-like logits: 2 * N(0, 1) plus a few strong modes per row (top-k has real winners)."""
-    g = torch.Generator(device=device).manual_seed(seed)
-    z = 2.0 * torch.randn(*shape, generator=g, device=device)
-    V = shape[-1]
-    modes = torch.randint(0, V, (*shape[:-1], 4), generator=g, device=device)
-    z.scatter_add_(-1, modes, torch.full(modes.shape, math.log(V), device=device))
-    return z.to(_DTYPES[dtype])
-
-
-def row_k_bytes(rows: int, V: int, k: int, dtype: str, outputs: int) -> int:
-    """Sampling without replacement: every row read once; ``outputs`` [*, k] tensors of 8 or 4
-    bytes written (tokens int64, log_probs and scores float32; parents int64 for SBS)."""
-    return rows * V * elt(dtype) + outputs
-
-
-def check_same_samples(out: tuple, ref: tuple, int_fields: int) -> None:
-    """The first ``int_fields`` fields (tokens, parents) equal to the reference on its rows, the
-    float fields close (float32 log-sum-exp rounding)."""
-    m = ref[0].shape[0]
-    for i, (o, r) in enumerate(zip(out, ref, strict=True)):
-        o = o[:m].cpu()
-        if i < int_fields:
-            assert torch.equal(o, r.cpu()), f"field {i} differs from the reference"
-        else:
-            torch.testing.assert_close(o, r.cpu(), rtol=1e-5, atol=1e-4)
-
-
-@dataclass
-class TreeInputs:
-    """Tree inputs of one shape: a complete binary tree in BFS order (parents[i] = (i-1) // 2)
-    whose siblings are distinct tokens drawn WITHOUT replacement (Gumbel-top-2) from the draft row
-    of their parent; target probs p, draft probs q and target logits z [B, N, V]; seed tensor [B]."""
-
-    tokens: torch.Tensor
-    parents: torch.Tensor
-    p: torch.Tensor
-    q: torch.Tensor
-    z: torch.Tensor
-    seed: torch.Tensor
-    offset: torch.Tensor
-
-
-def make_tree_inputs(device: str, B: int, N: int, V: int, dtype: str) -> TreeInputs:
-    """Realistic tree inputs: rows as in :func:`make_inputs` (one node per row), cached with it."""
-    key = ("tree", device, B, N, V, dtype)
-    if key in _INPUT_CACHE:
-        return _INPUT_CACHE[key]
-    base = make_inputs(device, B, N - 1, V, dtype, seed=7)  # p, z: [B, N, V]; q: [B, N-1, V]
-    z = base.z.float()
-    g = torch.Generator(device=device).manual_seed(8)
-    q = torch.softmax(z + torch.randn(B, N, V, generator=g, device=device), -1)
-    parents = ((torch.arange(N, device=device) - 1) // 2).expand(B, N).contiguous()
-    parents[:, 0] = -1
-    tokens = torch.zeros(B, N, dtype=torch.long, device=device)
-    for n in range((N - 1 + 1) // 2):  # internal nodes: children 2n+1, 2n+2
-        kids = [c for c in (2 * n + 1, 2 * n + 2) if c < N]
-        if not kids:
-            continue
-        u = torch.rand(B, V, generator=g, device=device).clamp_min(1e-20)
-        tokens[:, kids] = torch.topk(torch.log(q[:, n]) - torch.log(-torch.log(u)), len(kids), -1).indices
-    dt = _DTYPES[dtype]
-    inp = TreeInputs(tokens=tokens, parents=parents, p=base.p, q=q.to(dt), z=base.z,
-                     seed=torch.arange(B, dtype=torch.int64, device=device) + 99,
-                     offset=torch.zeros((), dtype=torch.int64, device=device))
-    _INPUT_CACHE[key] = inp
-    return inp
-
-
-def tree_bytes(out: sk.TreeResult, parents: torch.Tensor, V: int, dtype: str, draft_probs: bool) -> int:
-    """Bytes tree verification must move, from its actual result (a lower bound for every method).
-
-    Per request: the tree (parents and tokens, int64), seed and offset, the scalars p(x) (and q(x))
-    of each child tested on the accepted path, ONE full row for the final token (the row of p
-    where it stopped, plus that row of q for a correction from the residual; the bonus at a leaf
-    needs p only), and the outputs (2N + 1 int64). The residual-mass passes RSD needs after a
-    rejection followed by a sibling are extra work of the method, not counted.
-    """
-    e = elt(dtype)
-    B, N = parents.shape
-    par = parents.cpu()
-    nacc = out.num_accepted.cpu().tolist()
-    nodes = out.accepted_nodes.cpu()
-    total = 0
-    for b in range(B):
-        n = nacc[b]
-        last = int(nodes[b, n - 1]) if n > 0 else 0
-        path = [0] + nodes[b, :n].tolist()
-        tested = sum(int((par[b] == v).sum()) for v in path)
-        has_kids = bool((par[b] == last).any())
-        total += 2 * N * 8 + 2 * 8 + tested * (2 if draft_probs else 1) * e
-        total += (2 if (draft_probs and has_kids) else 1) * V * e
-        total += (2 * N + 1) * 8
-    return total
-
-
-def tree_greedy_bytes(out: sk.TreeResult, N: int, V: int, dtype: str) -> int:
-    """Greedy tree verification: the argmax of every row on the accepted path (n + 1 rows), the
-    tree (parents and tokens), and the outputs."""
-    e = elt(dtype)
-    return sum((n + 1) * V * e + 2 * N * 8 + (2 * N + 1) * 8 for n in out.num_accepted.tolist())
-
-
-def check_tree(out: sk.TreeResult, ref: sk.TreeResult) -> None:
-    """Equal to the reference on the rows it was computed for (all three fields)."""
-    m = ref.tokens.shape[0]
-    for name, o, r in zip(out._fields, out, ref, strict=True):
-        assert torch.equal(o[:m].cpu(), r.cpu()), f"{name} differs from the reference"
-
-
-def sampling_bytes(rows: int, V: int, dtype: str) -> int:
-    """sampling_probs: the logits read once, the float32 probabilities written once."""
-    return rows * V * (elt(dtype) + 4)
-
-
-# ----------------------------------------------------------------------------------------------
-# Correctness before timing
 
 _REF_CACHE: dict[tuple, Any] = {}
 
@@ -493,85 +315,8 @@ def reference_result(case: Case, compute: Callable[[], Any]) -> Any:
     return _REF_CACHE[key]
 
 
-
-def check_chain(out: sk.ChainResult, ref: sk.ChainResult, K: int, V: int) -> None:
-    """Well-formed on every row; equal to the reference on the rows it was computed for."""
-    n = out.num_accepted
-    assert out.tokens.shape[1] == K + 1
-    assert bool(((n >= 0) & (n <= K)).all()), "num_accepted out of [0, K]"
-    pos = torch.arange(K + 1, device=n.device)[None, :]
-    emitted = pos <= n[:, None]
-    t = out.tokens
-    assert bool(((t >= 0) & (t < V) | ~emitted).all()), "an emitted token is out of [0, V)"
-    assert bool(((t == -1) | emitted).all()), "tokens after the emitted ones must be -1"
-    m = ref.tokens.shape[0]
-    assert torch.equal(out.tokens[:m].cpu(), ref.tokens.cpu()), "tokens differ from the reference"
-    assert torch.equal(out.num_accepted[:m].cpu(), ref.num_accepted.cpu()), "num_accepted differs"
-
-
-def check_probs(out: torch.Tensor, ref: torch.Tensor, scaled: torch.Tensor, top_p: float = 1.0) -> None:
-    """Rows sum to 1 everywhere; the first rows match the reference.
-
-    ``scaled``: the float32 logits / temperature of the reference's rows. The tolerance is 1e-5
-    or twice what PyTorch's own float32 softmax loses against float64 on those rows, whichever is
-    larger: the reference is computed in float64, and a kernel that accumulates in float32 (as
-    torch.softmax does) is legitimately ~5e-5 off at V=128256.
-
-    For the same reason top-p (without top-k) may keep a token the reference drops, or the
-    reverse, when the token's preceding mass is within that rounding of top_p. Such a flip is
-    accepted only for tokens whose float64 preceding mass is within 1e-4 of top_p; the kept
-    probabilities are then compared after renormalising both rows on the tokens both keep.
-    """
-    flat = out.reshape(-1, out.shape[-1])
-    assert out.dtype == torch.float32
-    sums = flat.sum(-1, dtype=torch.float64)
-    assert bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-3)), "rows do not sum to 1"
-    x = scaled.detach().cpu()
-    p64 = torch.softmax(x.double(), -1)
-    torch_err = (torch.softmax(x, -1).double() - p64).abs().max().item()
-    tol = max(1e-5, 2 * torch_err)
-    got = flat[: ref.shape[0]].cpu()
-    ref = ref.cpu()
-    flips = (got > 0) != (ref > 0)
-    if bool(flips.any()) and top_p < 1.0:
-        for r, i in flips.nonzero().tolist():
-            preceding = p64[r][p64[r] > p64[r, i]].sum().item()
-            assert abs(preceding - top_p) < 1e-4, (
-                f"row {r}: token {i} kept by one of kernel/reference only, but its preceding mass "
-                f"{preceding:.6f} is not at the top_p={top_p} boundary"
-            )
-        both = (got > 0) & (ref > 0)
-        got = torch.where(both, got, 0.0)
-        ref = torch.where(both, ref, 0.0)
-        got = got / got.sum(-1, keepdim=True)
-        ref = ref / ref.sum(-1, keepdim=True)
-    torch.testing.assert_close(got, ref, rtol=tol, atol=tol)
-
-
 # ----------------------------------------------------------------------------------------------
 # Timing
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _graph(fn: Callable[[], Any], calls: int) -> tuple[torch.cuda.CUDAGraph, Any]:
-    """Capture ``calls`` calls of fn in one CUDA graph (after a warm-up on a side stream, as
-    torch.cuda.graphs requires); returns the graph and the output of the last captured call."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(calls):
-            out = fn()
-    return g, out
 
 
 def run_benchmark(
@@ -592,7 +337,7 @@ def run_benchmark(
             torch.cuda.synchronize()
             check(out)  # eagerly first: a wrong kernel fails here, before any capture
             calls = CALLS_PER_GRAPH
-            g, out = _graph(fn, calls)
+            g, out = skt.capture_cuda_graph(fn, calls)
             g.replay()
             torch.cuda.synchronize()
             check(out)  # what the graph computes, not only what eager computed
@@ -607,13 +352,13 @@ def run_benchmark(
             # Smoke test (--benchmark-disable): exactly one call, through the fixture, checked.
             # No separate warm-up call: on CPU the reference calls dominate the smoke run.
             out = benchmark(fn)
-            _sync(case.device)
+            skt.sync(case.device)
             check(out)
             timing = "not timed (--benchmark-disable)"
         else:
             t0 = time.perf_counter()
             out = fn()  # warm-up, and the result that is checked before timing
-            _sync(case.device)
+            skt.sync(case.device)
             first_s = time.perf_counter() - t0
             check(out)
             if case.backend == "reference":
@@ -622,7 +367,7 @@ def run_benchmark(
 
                 def timed_ref() -> Any:
                     r = fn()
-                    _sync(case.device)
+                    skt.sync(case.device)
                     return r
 
                 benchmark.pedantic(timed_ref, rounds=rounds, warmup_rounds=0)

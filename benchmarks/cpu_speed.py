@@ -18,11 +18,11 @@ from other processes hits both sides alike):
      (B = 8, V = 32000: the reference is a slow Python/tensor loop);
   4. 2 threads >= 1.7x one thread at B = 8 and 64, V = 32000.
 Goals 1-3 run on one torch thread. Every op's result is compared with ``specdec_kernels.reference``
-on its first rows before it is timed (the check functions of benchmarks/conftest.py), and every
+on its first rows before it is timed (the checks of specdec_kernels.testing), and every
 warm-up result of a timed configuration is checked again, so a wrong kernel fails instead of
 producing a number.
 
-The inputs and must-move byte counts are those of the pytest-benchmark suite (benchmarks/conftest.py):
+The inputs and must-move byte counts are those of the pytest-benchmark suite (specdec_kernels.testing):
 chains K = 5, trees a 15-node complete binary tree, gumbel_topk k = 8 on B rows,
 stochastic_beam_step B requests x 4 beams keeping 4, draft_entropy B rows, tvdpp_loss forward +
 backward on N = 16 B positions, sampling_probs on the B x (K+1) rows of one verification step.
@@ -48,6 +48,7 @@ from typing import Any
 import torch
 
 import specdec_kernels as sk
+import specdec_kernels.testing as skt
 from specdec_kernels import reference
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -167,8 +168,8 @@ def _chain(with_q: bool) -> Callable[[int, int], Prepared]:
         return Prepared(
             call=lambda check: sk.verify_chain(inp.x, inp.p, q, seed=inp.seed, offset=inp.offset,
                                                check=check),
-            verify=lambda o: bench.check_chain(o, ref, K, V),
-            must_move=lambda o: bench.chain_bytes(o.num_accepted, K, V, DTYPE, with_q),
+            verify=lambda o: skt.check_chain(o, ref, K, V),
+            must_move=lambda o: skt.chain_bytes(o.num_accepted, K, V, DTYPE, with_q),
         )
 
     return prepare
@@ -180,8 +181,8 @@ def _chain_greedy(B: int, V: int) -> Prepared:
     ref = reference.verify_chain_greedy(inp.x[:m], inp.z[:m], check=False)
     return Prepared(
         call=lambda check: sk.verify_chain_greedy(inp.x, inp.z, check=check),
-        verify=lambda o: bench.check_chain(o, ref, K, V),
-        must_move=lambda o: bench.greedy_bytes(o.num_accepted, K, V, DTYPE),
+        verify=lambda o: skt.check_chain(o, ref, K, V),
+        must_move=lambda o: skt.greedy_bytes(o.num_accepted, K, V, DTYPE),
     )
 
 
@@ -200,8 +201,8 @@ def _sampling(variant: str) -> Callable[[int, int], Prepared]:
         scaled = head.float() / TEMPERATURE
         return Prepared(
             call=lambda check: sk.sampling_probs(logits, **per_row, check=check),
-            verify=lambda o: bench.check_probs(o, ref, scaled, float(kw.get("top_p", 1.0))),
-            must_move=lambda o: bench.sampling_bytes(R, V, DTYPE),
+            verify=lambda o: skt.check_probs(o, ref, scaled, float(kw.get("top_p", 1.0))),
+            must_move=lambda o: skt.sampling_bytes(R, V, DTYPE),
             baseline=lambda: torch.softmax(logits.float() / temp_col, -1),
         )
 
@@ -209,7 +210,7 @@ def _sampling(variant: str) -> Callable[[int, int], Prepared]:
 
 
 def _gumbel(B: int, V: int) -> Prepared:
-    logits = _cached(("logits", B, V), lambda: bench.make_logits(DEVICE, (B, V), DTYPE))
+    logits = _cached(("logits", B, V), lambda: skt.make_logits(DEVICE, (B, V), DTYPE))
     seed = torch.arange(B, dtype=torch.int64) + 77
     offset = torch.zeros((), dtype=torch.int64)
     m = _rows(B)
@@ -218,14 +219,14 @@ def _gumbel(B: int, V: int) -> Prepared:
     return Prepared(
         call=lambda check: sk.gumbel_topk(logits, TOPK, temperature=TEMPERATURE, seed=seed, offset=offset,
                                           check=check),
-        verify=lambda o: bench.check_same_samples(o, ref, int_fields=1),
+        verify=lambda o: skt.check_samples(o, ref),
         # outputs: tokens int64 + log_probs and scores float32 per slot
-        must_move=lambda o: bench.row_k_bytes(B, V, TOPK, DTYPE, B * TOPK * 16),
+        must_move=lambda o: skt.row_k_bytes(B, V, TOPK, DTYPE, B * TOPK * 16),
     )
 
 
 def _beam(B: int, V: int) -> Prepared:
-    logits = bench.make_logits(DEVICE, (B, BEAMS, V), DTYPE, seed=1)
+    logits = skt.make_logits(DEVICE, (B, BEAMS, V), DTYPE, seed=1)
     g = torch.Generator().manual_seed(2)
     phi = -3.0 * torch.rand(B, BEAMS, generator=g)
     G = phi + torch.rand(B, BEAMS, generator=g)
@@ -237,9 +238,9 @@ def _beam(B: int, V: int) -> Prepared:
     return Prepared(
         call=lambda check: sk.stochastic_beam_step(logits, phi, G, WIDTH, temperature=TEMPERATURE, seed=seed,
                                                    offset=offset, check=check),
-        verify=lambda o: bench.check_same_samples(o, ref, int_fields=2),
+        verify=lambda o: skt.check_samples(o, ref),
         # outputs: parents and tokens int64, log_probs and scores float32 per kept expansion
-        must_move=lambda o: bench.row_k_bytes(B * BEAMS, V, WIDTH, DTYPE, B * WIDTH * 24),
+        must_move=lambda o: skt.row_k_bytes(B * BEAMS, V, WIDTH, DTYPE, B * WIDTH * 24),
     )
 
 
@@ -251,8 +252,8 @@ def _tree(B: int, V: int) -> Prepared:
     return Prepared(
         call=lambda check: sk.verify_tree(inp.tokens, inp.parents, inp.p, inp.q, seed=inp.seed,
                                           offset=inp.offset, check=check),
-        verify=lambda o: bench.check_tree(o, ref),
-        must_move=lambda o: bench.tree_bytes(o, inp.parents, V, DTYPE, True),
+        verify=lambda o: skt.check_tree(o, ref),
+        must_move=lambda o: skt.tree_bytes(o, inp.parents, V, DTYPE, True),
     )
 
 
@@ -262,13 +263,13 @@ def _tree_greedy(B: int, V: int) -> Prepared:
     ref = reference.verify_tree_greedy(inp.tokens[:m], inp.parents[:m], inp.z[:m], check=False)
     return Prepared(
         call=lambda check: sk.verify_tree_greedy(inp.tokens, inp.parents, inp.z, check=check),
-        verify=lambda o: bench.check_tree(o, ref),
-        must_move=lambda o: bench.tree_greedy_bytes(o, TREE_N, V, DTYPE),
+        verify=lambda o: skt.check_tree(o, ref),
+        must_move=lambda o: skt.tree_greedy_bytes(o, TREE_N, V, DTYPE),
     )
 
 
 def _entropy(B: int, V: int) -> Prepared:
-    logits = _cached(("logits", B, V), lambda: bench.make_logits(DEVICE, (B, V), DTYPE))
+    logits = _cached(("logits", B, V), lambda: skt.make_logits(DEVICE, (B, V), DTYPE))
     m = _rows(B)
     ref = reference.draft_entropy(logits[:m], temperature=TEMPERATURE)
 
@@ -279,14 +280,14 @@ def _entropy(B: int, V: int) -> Prepared:
     return Prepared(
         call=lambda check: sk.draft_entropy(logits, temperature=TEMPERATURE, check=check),
         verify=verify,
-        must_move=lambda o: B * V * bench.elt(DTYPE) + B * 4,  # logits read once, a float32 per row
+        must_move=lambda o: skt.entropy_bytes(B, V, DTYPE),
     )
 
 
 def _tvdpp(B: int, V: int) -> Prepared:
     N = LOSS_POSITIONS * B
-    z = bench.make_logits(DEVICE, (N, V), DTYPE).requires_grad_(True)
-    p = torch.softmax(bench.make_logits(DEVICE, (N, V), "float32", seed=1).float(), -1)
+    z = skt.make_logits(DEVICE, (N, V), DTYPE).requires_grad_(True)
+    p = torch.softmax(skt.make_logits(DEVICE, (N, V), "float32", seed=1).float(), -1)
 
     def head_loss_grad(fn: Callable[..., torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         zh = z[: bench.CHECK_ROWS].detach().clone().requires_grad_(True)
@@ -312,11 +313,10 @@ def _tvdpp(B: int, V: int) -> Prepared:
         torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(got[1], want[1], rtol=1e-4, atol=1e-6)
 
-    e = bench.elt(DTYPE)
-    # Must move: logits (e) and teacher (float32) read once, the gradient (e) written once. A
-    # fused forward + backward can keep a row's statistics while the row is in cache, so the
-    # second read that benchmarks/test_bench_losses.py counts is not a must.
-    return Prepared(call=call, verify=verify, must_move=lambda o: N * V * (e + 4 + e))
+    # Must move: logits and teacher read once, the gradient written once. A fused forward +
+    # backward can keep a row's statistics while the row is in cache, so the second read that
+    # benchmarks/test_bench_losses.py counts is not a must.
+    return Prepared(call=call, verify=verify, must_move=lambda o: skt.tvdpp_bytes(N, V, DTYPE, reads=1))
 
 
 OPS: list[OpSpec] = [

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import specdec_kernels as sk
+import specdec_kernels.testing as skt
 
 
 def _heads(device: str) -> tuple[int, int, int]:
@@ -48,7 +49,6 @@ def test_tree_attention(benchmark, case, bench: types.ModuleType) -> None:
     a, parents = _inputs(case)
     B, N, L = case.B, case.K, case.V
     Hq, Hkv, D = _heads(case.device)
-    elt = bench.elt(case.dtype)
     visible = torch.cat([torch.ones(B, N, L, dtype=torch.bool, device=case.device),
                          sk.tree_attention_mask(parents.to(case.device))], -1)[:, None]
     k = torch.cat([a["k_cache"], a["k_tree"]], 2)
@@ -65,7 +65,7 @@ def test_tree_attention(benchmark, case, bench: types.ModuleType) -> None:
         def check(out):
             assert out.shape == (B, Hq, 1, D)
 
-        nbytes = 2 * B * Hkv * (L + 1) * D * elt + 2 * B * Hq * D * elt
+        nbytes = skt.attention_bytes(B, Hq, Hkv, 1, L + 1, D, case.dtype)
     else:
         if case.variant == "sdpa-dense":
             def call():
@@ -77,7 +77,7 @@ def test_tree_attention(benchmark, case, bench: types.ModuleType) -> None:
         def check(out):
             torch.testing.assert_close(out.float(), want, rtol=tol, atol=tol)
 
-        nbytes = 2 * B * Hkv * (L + N) * D * elt + 2 * B * Hq * N * D * elt
+        nbytes = skt.attention_bytes(B, Hq, Hkv, N, L + N, D, case.dtype)
 
     bench.run_benchmark(benchmark, case, call, check=check, bytes_of=lambda o: nbytes,
                         extra={"heads": f"{Hq}x{Hkv}x{D}", "nodes": N, "prefix": L})

@@ -9,6 +9,7 @@ import types
 import pytest
 
 import specdec_kernels as sk
+import specdec_kernels.testing as skt
 from specdec_kernels import reference
 
 
@@ -31,8 +32,8 @@ def test_verify_chain(benchmark, case, bench: types.ModuleType) -> None:
 
     out = bench.run_benchmark(
         benchmark, case, call,
-        check=lambda o: bench.check_chain(o, ref, case.K, case.V),
-        bytes_of=lambda o: bench.chain_bytes(o.num_accepted, case.K, case.V, case.dtype, q is not None),
+        check=lambda o: skt.check_chain(o, ref, case.K, case.V),
+        bytes_of=lambda o: skt.chain_bytes(o.num_accepted, case.K, case.V, case.dtype, q is not None),
     )
     benchmark.extra_info["accepted_mean"] = float(out.num_accepted.float().mean())
 
@@ -51,7 +52,7 @@ def test_verify_chain_greedy(benchmark, case, bench: types.ModuleType) -> None:
 
     out = bench.run_benchmark(
         benchmark, case, call,
-        check=lambda o: bench.check_chain(o, ref, case.K, case.V),
-        bytes_of=lambda o: bench.greedy_bytes(o.num_accepted, case.K, case.V, case.dtype),
+        check=lambda o: skt.check_chain(o, ref, case.K, case.V),
+        bytes_of=lambda o: skt.greedy_bytes(o.num_accepted, case.K, case.V, case.dtype),
     )
     benchmark.extra_info["accepted_mean"] = float(out.num_accepted.float().mean())

@@ -10,13 +10,14 @@ import pytest
 import torch
 
 import specdec_kernels as sk
+import specdec_kernels.testing as skt
 from specdec_kernels import reference
 
 
 @pytest.mark.bench_op("draft_entropy")
 def test_draft_entropy(benchmark, case, bench: types.ModuleType) -> None:
     R, V = case.B, case.V
-    logits = bench.make_logits(case.device, (R, V), case.dtype)
+    logits = skt.make_logits(case.device, (R, V), case.dtype)
     m = min(R, bench.CHECK_ROWS)
     ref = bench.reference_result(case, lambda: reference.draft_entropy(logits[:m], temperature=0.8))
 
@@ -27,6 +28,5 @@ def test_draft_entropy(benchmark, case, bench: types.ModuleType) -> None:
     def call() -> torch.Tensor:
         return sk.draft_entropy(logits, temperature=0.8, check=False)
 
-    # Bytes that must move: the logits read once, one float32 per row written.
     bench.run_benchmark(benchmark, case, call, check=check,
-                        bytes_of=lambda o: R * V * bench.elt(case.dtype) + R * 4)
+                        bytes_of=lambda o: skt.entropy_bytes(R, V, case.dtype))

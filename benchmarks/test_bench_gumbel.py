@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import specdec_kernels as sk
+import specdec_kernels.testing as skt
 from specdec_kernels import reference
 
 # Beams per request in the SBS benchmark: a W x V logits block per request, as RSD-S draws it.
@@ -19,7 +20,7 @@ BEAMS = 4
 @pytest.mark.bench_op("gumbel_topk")
 def test_gumbel_topk(benchmark, case, bench: types.ModuleType) -> None:
     R, k, V = case.B, case.K, case.V
-    logits = bench.make_logits(case.device, (R, V), case.dtype)
+    logits = skt.make_logits(case.device, (R, V), case.dtype)
     # Seed tensor: each row has its own stream, so the reference on the first rows is comparable.
     seed = torch.arange(R, dtype=torch.int64, device=case.device) + 77
     offset = torch.zeros((), dtype=torch.int64, device=case.device)
@@ -32,15 +33,15 @@ def test_gumbel_topk(benchmark, case, bench: types.ModuleType) -> None:
 
     bench.run_benchmark(
         benchmark, case, call,
-        check=lambda o: bench.check_same_samples(o, ref, int_fields=1),
-        bytes_of=lambda o: bench.row_k_bytes(R, V, k, case.dtype, R * k * 16),
+        check=lambda o: skt.check_samples(o, ref),
+        bytes_of=lambda o: skt.row_k_bytes(R, V, k, case.dtype, R * k * 16),
     )
 
 
 @pytest.mark.bench_op("stochastic_beam_step", variants=[f"W={BEAMS}"])
 def test_stochastic_beam_step(benchmark, case, bench: types.ModuleType) -> None:
     B, width, V = case.B, case.K, case.V
-    logits = bench.make_logits(case.device, (B, BEAMS, V), case.dtype, seed=1)
+    logits = skt.make_logits(case.device, (B, BEAMS, V), case.dtype, seed=1)
     g = torch.Generator(device=case.device).manual_seed(2)
     phi = -3.0 * torch.rand(B, BEAMS, generator=g, device=case.device)
     G = phi + torch.rand(B, BEAMS, generator=g, device=case.device)
@@ -56,6 +57,6 @@ def test_stochastic_beam_step(benchmark, case, bench: types.ModuleType) -> None:
 
     bench.run_benchmark(
         benchmark, case, call,
-        check=lambda o: bench.check_same_samples(o, ref, int_fields=2),
-        bytes_of=lambda o: bench.row_k_bytes(B * BEAMS, V, width, case.dtype, B * width * 24),
+        check=lambda o: skt.check_samples(o, ref),
+        bytes_of=lambda o: skt.row_k_bytes(B * BEAMS, V, width, case.dtype, B * width * 24),
     )

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import specdec_kernels as sk
+import specdec_kernels.testing as skt
 from specdec_kernels import reference
 
 
@@ -49,8 +50,8 @@ def _peak_bytes(device: str, base: int) -> int | None:
 @pytest.mark.bench_op("tvdpp_loss", variants=["normalize=vocab"])
 def test_tvdpp_forward_backward(benchmark, case, bench: types.ModuleType) -> None:
     N, V = case.B, case.V
-    z = bench.make_logits(case.device, (N, V), case.dtype).requires_grad_(True)
-    p = torch.softmax(bench.make_logits(case.device, (N, V), "float32", seed=1).float(), -1)
+    z = skt.make_logits(case.device, (N, V), case.dtype).requires_grad_(True)
+    p = torch.softmax(skt.make_logits(case.device, (N, V), "float32", seed=1).float(), -1)
     fn = reference.tvdpp_loss if case.backend == "reference" else sk.tvdpp_loss
 
     def call() -> torch.Tensor:
@@ -74,7 +75,6 @@ def test_tvdpp_forward_backward(benchmark, case, bench: types.ModuleType) -> Non
 
     # Bytes that must move: logits and teacher read by the forward and again by the backward,
     # the gradient written once.
-    e = bench.elt(case.dtype)
     bench.run_benchmark(benchmark, case, call, check=check,
-                        bytes_of=lambda o: N * V * (2 * e + 2 * 4 + e),
+                        bytes_of=lambda o: skt.tvdpp_bytes(N, V, case.dtype, reads=2),
                         extra={"peak_bytes": peak})

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import specdec_kernels as sk
+import specdec_kernels.testing as skt
 from specdec_kernels import reference
 
 # Sampling settings as engines use them: temperature alone (a softmax pass), HF's top_k=50, and
@@ -36,8 +37,8 @@ def test_sampling_probs(benchmark, case, bench: types.ModuleType) -> None:
 
     bench.run_benchmark(
         benchmark, case, call,
-        check=lambda o: bench.check_probs(o, ref, scaled, float(kw.get("top_p", 1.0))),
-        bytes_of=lambda o: bench.sampling_bytes(rows, case.V, case.dtype),
+        check=lambda o: skt.check_probs(o, ref, scaled, float(kw.get("top_p", 1.0))),
+        bytes_of=lambda o: skt.sampling_bytes(rows, case.V, case.dtype),
     )
 
 

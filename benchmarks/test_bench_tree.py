@@ -9,6 +9,7 @@ import types
 import pytest
 
 import specdec_kernels as sk
+import specdec_kernels.testing as skt
 from specdec_kernels import reference
 
 
@@ -27,8 +28,8 @@ def test_verify_tree(benchmark, case, bench: types.ModuleType) -> None:
                               check=False)
 
     out = bench.run_benchmark(
-        benchmark, case, call, check=lambda o: bench.check_tree(o, ref),
-        bytes_of=lambda o: bench.tree_bytes(o, inp.parents, case.V, case.dtype, q is not None),
+        benchmark, case, call, check=lambda o: skt.check_tree(o, ref),
+        bytes_of=lambda o: skt.tree_bytes(o, inp.parents, case.V, case.dtype, q is not None),
     )
     benchmark.extra_info["accepted_mean"] = float(out.num_accepted.float().mean())
 
@@ -44,7 +45,7 @@ def test_verify_tree_greedy(benchmark, case, bench: types.ModuleType) -> None:
         return sk.verify_tree_greedy(inp.tokens, inp.parents, inp.z, check=False)
 
     out = bench.run_benchmark(
-        benchmark, case, call, check=lambda o: bench.check_tree(o, ref),
-        bytes_of=lambda o: bench.tree_greedy_bytes(o, case.K, case.V, case.dtype),
+        benchmark, case, call, check=lambda o: skt.check_tree(o, ref),
+        bytes_of=lambda o: skt.tree_greedy_bytes(o, case.K, case.V, case.dtype),
     )
     benchmark.extra_info["accepted_mean"] = float(out.num_accepted.float().mean())

@@ -11,16 +11,14 @@ available and never sets it.
 from __future__ import annotations
 
 import argparse
-import math
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 import specdec_kernels as sk
+import specdec_kernels.testing as skt
 from specdec_kernels import _backend, reference
 
 # Timing-table shape: the issue's fixed case.
@@ -29,52 +27,29 @@ SAMPLING_KW: dict[str, Any] = {"temperature": 0.8, "top_k": 50, "top_p": 0.9}
 OPS = ("verify_chain", "verify_chain[draft_probs=None]", "verify_chain_greedy", "sampling_probs",
        "gumbel_topk", "stochastic_beam_step", "verify_tree", "verify_tree[draft_probs=None]",
        "verify_tree_greedy", "tree_attention_mask", "tree_position_ids", "draft_entropy")
-TREE_OPS = ("verify_tree", "verify_tree[draft_probs=None]", "verify_tree_greedy")
 # Sampling without replacement: k tokens per row of the [B * (K+1), V] logits; one SBS step with
 # the K+1 rows of a request as its beams.
 TOPK_K = 4
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def make_case(B: int, K: int, V: int, device: torch.device, ragged: bool, seed: int = 0) -> dict[str, Any]:
-    """Chain inputs where rejections happen at various positions: peaked target rows (one mode of
-    probability ~0.1-0.98 over a flat background), a noisy draft, drafts sampled from the draft.
-    ``ragged``: the last request drafted K // 2 tokens (num_draft), its tail padded with -1."""
-    g = torch.Generator().manual_seed(seed)
-    z = 2.0 * torch.randn(B, K + 1, V, generator=g)
-    mode = torch.randint(0, V, (B, K + 1, 1), generator=g)
-    c = torch.rand(B, K + 1, 1, generator=g) * 6.0 - 2.0
-    z.scatter_add_(-1, mode, math.log(V) + 2.0 + c)
-    q = torch.softmax(z[:, :K] + torch.randn(B, K, V, generator=g), -1)
-    x = torch.multinomial(q.reshape(-1, V), 1, generator=g).reshape(B, K)
+    """Chain inputs where rejections happen at various positions, and a tree (a binary heap of K+1
+    nodes, siblings distinct draws from a noisy draft row) over the same K+1 target rows: the
+    realistic rows of specdec_kernels.testing, built on the CPU so every device sees the same case.
+    ``ragged``: the last request drafted K // 2 tokens (num_draft), its tail padded with -1, and its
+    tree has K // 2 + 1 nodes."""
+    chain = skt.make_chain_inputs("cpu", B, K, V, seed=seed)
+    tree = skt.make_tree_inputs("cpu", B, K + 1, V, seed=seed)  # same seed: the chain's p and z
     num_draft = None
     if ragged:
-        num_draft = torch.full((B,), K, dtype=torch.long, device=device)
+        num_draft = torch.full((B,), K, dtype=torch.long)
         num_draft[-1] = K // 2
-        x[-1, K // 2:] = -1
+        chain.x[-1, K // 2:] = -1
     phi = -0.5 * torch.arange(K + 1, dtype=torch.float32).expand(B, K + 1)  # beams' log q and G
-    # A tree over the same K+1 target rows: a binary heap (parents[i] = (i-1) // 2, the last
-    # request ragged like num_draft) whose siblings are distinct draws from a noisy draft row.
-    N = K + 1
-    tq = torch.softmax(z + torch.randn(B, N, V, generator=g), -1)
-    parents = ((torch.arange(N) - 1) // 2).expand(B, N).clone()
-    parents[:, 0] = -1
-    tokens = torch.zeros(B, N, dtype=torch.long)
-    for n in range(N):
-        kids = [c for c in (2 * n + 1, 2 * n + 2) if c < N]
-        if kids:
-            gum = -torch.log(-torch.log(torch.rand(B, V, generator=g).clamp_min(1e-20)))
-            tokens[:, kids] = torch.topk(torch.log(tq[:, n]) + gum, len(kids), -1).indices
-    case = {k: v.to(device) for k, v in {"x": x, "p": torch.softmax(z, -1), "q": q, "z": z,
-                                          "phi": phi, "G": phi + 0.25, "tq": tq, "parents": parents,
-                                          "tokens": tokens}.items()}
-    case["num_nodes"] = None if num_draft is None else num_draft + 1
-    case["num_draft"] = num_draft
-    return case
+    case = {"x": chain.x, "p": chain.p, "q": chain.q, "z": chain.z, "phi": phi, "G": phi + 0.25,
+            "tq": tree.q, "parents": tree.parents, "tokens": tree.tokens, "num_draft": num_draft,
+            "num_nodes": None if num_draft is None else num_draft + 1}
+    return skt.to_device(case, device)
 
 
 def op_calls(case: dict[str, Any]) -> dict[str, tuple[Callable[[], Any], Callable[[], Any]]]:
@@ -137,22 +112,6 @@ def op_calls(case: dict[str, Any]) -> dict[str, tuple[Callable[[], Any], Callabl
     }
 
 
-def same(op: str, got: Any, want: Any) -> bool:
-    if op in ("gumbel_topk", "stochastic_beam_step"):
-        n_int = 1 if op == "gumbel_topk" else 2  # tokens (and parents) exact, scores close
-        exact = all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(got[:n_int], want[:n_int], strict=True))
-        return exact and all(torch.allclose(a.cpu(), b.cpu(), rtol=1e-5, atol=1e-5)
-                             for a, b in zip(got[n_int:], want[n_int:], strict=True))
-    if op in TREE_OPS:
-        return all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(got, want, strict=True))
-    if op in ("tree_attention_mask", "tree_position_ids"):
-        return torch.equal(got.cpu(), want.cpu())
-    if op in ("sampling_probs", "draft_entropy"):
-        return got.shape == want.shape and bool(torch.allclose(got.cpu(), want.cpu(), rtol=1e-5, atol=1e-5))
-    return torch.equal(got.tokens.cpu(), want.tokens.cpu()) and torch.equal(
-        got.num_accepted.cpu(), want.num_accepted.cpu())
-
-
 def self_check(device: torch.device, backends: list[str]) -> bool:
     """Every op x backend against the reference on a small ragged case; prints PASS/FAIL."""
     print(f"\nself-check on {device.type} (B=4, K=3, V=97, ragged num_draft; 4-node trees, ragged; tokens, "
@@ -165,28 +124,14 @@ def self_check(device: torch.device, backends: list[str]) -> bool:
             try:
                 with sk.use_backend(be):
                     got = fn()
-                _sync(device)
-                passed, why = same(op, got, want), ""
+                skt.sync(device)
+                skt.assert_same(got, want, rtol=1e-5, atol=1e-5)
+                passed, why = True, ""
             except Exception as e:  # report every backend, do not stop at the first broken one
                 passed, why = False, f"  ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
             ok &= passed
             print(f"  {op:32s} {be:10s} {'PASS' if passed else 'FAIL'}{why}")
     return ok
-
-
-def median_us(fn: Callable[[], Any], device: torch.device, reps: int, budget_s: float) -> float:
-    """Median wall time of one synchronised call in microseconds, after one warm-up call;
-    at most ``reps`` calls and roughly ``budget_s`` seconds."""
-    fn()
-    _sync(device)
-    ts: list[float] = []
-    start = time.perf_counter()
-    while len(ts) < reps and (len(ts) < 3 or time.perf_counter() - start < budget_s):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts) * 1e6
 
 
 def timing_table(device: torch.device, backends: list[str]) -> bool:
@@ -207,8 +152,8 @@ def timing_table(device: torch.device, backends: list[str]) -> bool:
             try:
                 with sk.use_backend(be):
                     # the reference is a Python loop (~0.1 s a call here): few repeats
-                    us = median_us(fn, device, reps=3 if be == "reference" else 200,
-                                   budget_s=0.5 if be == "reference" else 1.0)
+                    us = skt.median_us(fn, device, reps=3 if be == "reference" else 200,
+                                       budget_s=0.5 if be == "reference" else 1.0)
             except Exception as e:
                 ok = False
                 cells.append(f"{'error: ' + type(e).__name__:>18s}")

@@ -1,22 +1,16 @@
 """Small helpers shared by the op test modules (importable as ``helpers``: pytest puts this
-directory on sys.path for the test modules in it)."""
+directory on sys.path for the test modules in it). ``to_device`` and ``capture_cuda_graph`` live in
+``specdec_kernels.testing`` (shared with the benchmarks and ``python -m specdec_kernels``) and are
+re-exported here under their old names."""
 
 from __future__ import annotations
 
 import torch
 
+from specdec_kernels.testing import capture_cuda_graph, to_device
 
-def to_device(obj, device):
-    """``obj`` (a tensor, or dicts/tuples/lists/NamedTuples of them) with every tensor on ``device``."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return type(obj)(*(to_device(v, device) for v in obj))
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(to_device(v, device) for v in obj)
-    return obj
+__all__ = ["ROW_SUM_TOL", "add_to_last", "assert_row_sum_tolerance", "capture_cuda_graph", "to_device",
+           "with_generator"]
 
 
 def with_generator(kw: dict) -> dict:
@@ -26,20 +20,6 @@ def with_generator(kw: dict) -> dict:
     if kw.get("generator") is not None:
         kw["generator"] = torch.Generator().manual_seed(kw["generator"])
     return kw
-
-
-def capture_cuda_graph(fn):
-    """Run ``fn`` once on a side stream (Triton compiles on first launch, off the capture), then
-    capture it into a CUDA graph. Returns ``(graph, static_output)``: replays rewrite the output."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static = fn()
-    return graph, static
 
 
 #: check=True's stated tolerance for probability rows, |sum - 1| <= tol, by the rows' dtype (README

@@ -9,10 +9,7 @@ import functools
 
 import pytest
 import torch
-from chain_exact import RULES, ToyModel, block_h, round_law, tvd
-from helpers import capture_cuda_graph, to_device, with_generator
-from scipy import stats
-from test_chain import (
+from chain_cases import (
     DET_NEXT,
     DIST_CASES,
     DRAFT,
@@ -34,6 +31,9 @@ from test_chain import (
     make_chain,
     simulate,
 )
+from chain_exact import RULES, ToyModel, block_h, round_law, tvd
+from helpers import capture_cuda_graph, to_device, with_generator
+from scipy import stats
 
 import specdec_kernels as sk
 import specdec_kernels.reference as ref
@@ -155,10 +155,10 @@ def block_verify(x, p, q, nd, seed, offset):
 
 
 # ----------------------------------------------------------------------------------------------
-# The emitted law of every backend (the toy Markov model of tests/test_chain.py)
+# The emitted law of every backend (the toy Markov model of tests/chain_cases.py)
 # ----------------------------------------------------------------------------------------------
 
-# The law cases of rule "token" (tests/test_chain.py) but K = 1, where the two rules coincide.
+# The law cases of rule "token" (tests/test_chain_law.py) but K = 1, where the two rules coincide.
 LAW_CASES = [c for c in DIST_CASES if c[1] > 1]
 
 

@@ -1,7 +1,7 @@
 """The reference Philox4x32-10 and the draw layout: the spec of every backend's random numbers.
 
 The C++ (csrc/common/philox.h) and Triton implementations are checked against this reference
-indirectly, through bit-exact equality of the ops in test_chain.py; here the reference itself is
+indirectly, through bit-exact equality of the ops in test_chain_equality.py; here the reference itself is
 pinned to the published Random123 known-answer vectors and to the documented layout.
 """
 

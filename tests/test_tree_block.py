@@ -1,6 +1,6 @@
 """verify_tree(rule="block"), Traversal Verification (docs/algorithms.md §9, "Trees"): the rule's
 exactness by exact enumeration on tiny trees (tests/tree_exact.py), the emitted law of every backend
-on the law tests of tests/test_tree.py (with a negative control the test must reject), tokens per
+on the law tests of tests/test_tree_law.py (with a negative control the test must reject), tokens per
 round against the enumeration, equality with the reference on every backend, input checks, the
 registration (opcheck, torch.compile)."""
 
@@ -12,7 +12,7 @@ import itertools
 import pytest
 import torch
 from helpers import to_device, with_generator
-from test_tree import (
+from tree_cases import (
     LAW_BY_NAME,
     M_DRAFTS,
     M_START,
@@ -93,7 +93,7 @@ def test_enumeration_negative_controls_are_biased():
 
 
 # ----------------------------------------------------------------------------------------------
-# The emitted law of every backend (the Markov toy model of tests/test_tree.py)
+# The emitted law of every backend (the Markov toy model of tests/tree_cases.py)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -185,7 +185,7 @@ def test_block_tree_tokens_per_round_match_enumeration(backend, rule):
 
 
 # ----------------------------------------------------------------------------------------------
-# Equality with the reference on every backend (the random trees of tests/test_tree.py)
+# Equality with the reference on every backend (the random trees of tests/tree_cases.py)
 # ----------------------------------------------------------------------------------------------
 
 GRID = [(V, B) for V in (1, 7, 111, 5000) for B in (1, 3, 33) if not (V == 5000 and B == 33)]
@@ -207,7 +207,7 @@ def _case(V, B, variant=None):
     if "nn_dtype" in opts:
         inputs["num_nodes"] = inputs["num_nodes"].to(opts["nn_dtype"])
     if opts.get("strided"):
-        from test_tree import _strided
+        from tree_cases import _strided
 
         inputs["target_probs"] = _strided(inputs["target_probs"])
         inputs["draft_probs"] = _strided(inputs["draft_probs"])
