@@ -47,7 +47,7 @@ def test_verify_chain_greedy_bad_inputs(fn, changes, match):
         fn(**kw)
 
 
-# check=True: probability rows must sum to 1, within a tolerance by dtype (ops/_common.py).
+# check=True: probability rows must sum to 1, within a tolerance by dtype (contract/limits.py).
 def _sum_case(dtype=torch.float32, V=300):
     """B = 2, K = 2 rows that sum to 1 exactly in every dtype (2^-8 on ids [0, 256), 0 on the last
     44: the vector loops' tail). Draft 0 is rejected for sure in both requests (p(x0) = 0 < q(x0)),
@@ -119,8 +119,8 @@ def test_backend_env_is_honoured(monkeypatch):
     import specdec_kernels.reference.chain as ref_chain
 
     calls = []
-    real = ref_chain.verify_chain
-    monkeypatch.setattr(ref_chain, "verify_chain", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = ref_chain.op_verify_chain
+    monkeypatch.setattr(ref_chain, "op_verify_chain", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.setenv("SPECDEC_BACKEND", "reference")
     sk.verify_chain(**_good(), seed=0)
     assert calls == [1]

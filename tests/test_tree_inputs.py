@@ -132,7 +132,7 @@ def test_verify_tree_bad_inputs(fn, changes, match, request):
         fn(**kw)
 
 
-# check=True: probability rows must sum to 1, within a tolerance by dtype (ops/_common.py).
+# check=True: probability rows must sum to 1, within a tolerance by dtype (contract/limits.py).
 def _sum_tree(dtype=torch.float32, V=300):
     """Root with children 1, 2 (tokens 5, 9) and grandchildren 3-6; rows that sum to 1 exactly in
     every dtype (2^-8 on ids [0, 256), 0 on the last 44: the vector loops' tail). The root's

@@ -93,8 +93,8 @@ void check_grid_limit(int64_t value, int64_t limit, const char* what, const char
 void check_chain_structure(const at::Tensor& draft_tokens, const std::optional<at::Tensor>& num_draft,
                            int64_t K, int64_t V);
 // The tolerance of the sum-to-1 check of probability rows, |sum(row) - 1| <= tol, by their dtype
-// (float32: 1e-3, float16/bfloat16: 1e-2). Twin of PROB_SUM_TOL / PROB_SUM_TOL_HALF in
-// specdec_kernels/ops/_common.py, which states why.
+// (float32: 1e-3, float16/bfloat16: 1e-2): PROB_SUM_TOL / PROB_SUM_TOL_HALF of
+// specdec_kernels/contract/limits.py, which states why (setup.py passes them as macros).
 double prob_sum_tolerance(at::ScalarType dtype);
 // Per-request findings of a kernel's pass, reported for the first request that has one. kTargetSum
 // and kDraftSum (a row read whole that does not sum to 1) report the sum found, sums[b]; dtype is

@@ -182,7 +182,7 @@ def verify_tree(
 
     Args:
         tokens: the drafted token at each node. Shape: (B, N), int64; ``tokens[:, 0]`` ignored.
-        parents: Shape: (B, N), int64, tree format of ``specdec_kernels.ops.tree``.
+        parents: Shape: (B, N), int64, tree format of ``specdec_kernels.contract.tree``.
         target_probs: ``target_probs[b, n]`` = the target's next-token law after the path ending
             at node n (one forward over the tree gives all of them). Shape: (B, N, V),
             float32/float16/bfloat16 (arithmetic in float32/float64). Rows sum to 1.
@@ -240,7 +240,7 @@ def verify_tree_greedy(tokens: torch.Tensor, parents: torch.Tensor, target_logit
 
     Args:
         tokens: Shape: (B, N), int64; ``tokens[:, 0]`` ignored.
-        parents: Shape: (B, N), int64, tree format of ``specdec_kernels.ops.tree``.
+        parents: Shape: (B, N), int64, tree format of ``specdec_kernels.contract.tree``.
         target_logits: logits (or probabilities: only the argmax matters). Shape: (B, N, V),
             float32/float16/bfloat16.
         num_nodes: Shape: (B,) or None.
