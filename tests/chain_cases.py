@@ -61,11 +61,6 @@ def check_structure(res, inputs):
     assert bool((tokens[pos > n[:, None]] == -1).all())
 
 
-def assert_same(res, exp):
-    assert torch.equal(res.num_accepted.cpu(), exp.num_accepted.cpu()), (res, exp)
-    assert torch.equal(res.tokens.cpu(), exp.tokens.cpu()), (res, exp)
-
-
 def make_greedy(B, K, V, *, seed, dtype=torch.float32, ties=False, ragged=False):
     """Greedy inputs: drafts equal the argmax 80% of the time; with ``ties`` the logits are small
     integers so argmax ties are frequent (and drafts may pick a tied index that is not the first)."""

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import specdec_kernels as sk
+import specdec_kernels.testing as skt
 from specdec_kernels import GUMBEL_OFFSET_STRIDE as STRIDE
 
 RTOL, ATOL = 1e-5, 1e-5
@@ -94,28 +95,24 @@ def _interp_requests(kw, mask) -> int:
     return 2 if per_row else 1
 
 
-def assert_floats_match(a, b, what):
-    a, b = a.cpu(), b.cpu()
-    assert a.dtype == torch.float32 and a.shape == b.shape, (what, a.dtype, a.shape, b.shape)
-    assert torch.equal(torch.isneginf(a), torch.isneginf(b)), f"{what}: -inf at different places"
-    assert not torch.isnan(a).any(), f"{what}: NaN"
-    fin = torch.isfinite(b)
-    torch.testing.assert_close(a[fin], b[fin], rtol=RTOL, atol=ATOL, msg=lambda m: f"{what}: {m}")
+def _assert_dtypes(res, dtypes):
+    got = tuple(t.dtype for t in res)
+    assert got == dtypes, f"{type(res).__name__} dtypes {got}, expected {dtypes}"
 
 
 def assert_topk_same(res, exp):
-    assert res.tokens.dtype == torch.long
-    assert torch.equal(res.tokens.cpu(), exp.tokens.cpu()), (res.tokens, exp.tokens)
-    assert_floats_match(res.log_probs, exp.log_probs, "log_probs")
-    assert_floats_match(res.scores, exp.scores, "scores")
+    """``res`` has the dtypes gumbel_topk promises and equals ``exp``
+    (specdec_kernels.testing.assert_same: tokens exactly, log probs and scores within RTOL / ATOL,
+    -inf where ``exp`` has -inf). The dtypes are checked here because ``exp`` may be another
+    kernel result (determinism, CUDA graph and torch.compile tests) rather than the reference."""
+    _assert_dtypes(res, (torch.long, torch.float32, torch.float32))
+    skt.assert_same(res, exp, rtol=RTOL, atol=ATOL)
 
 
 def assert_beam_same(res, exp):
-    assert res.parents.dtype == torch.long and res.tokens.dtype == torch.long
-    assert torch.equal(res.parents.cpu(), exp.parents.cpu()), (res.parents, exp.parents)
-    assert torch.equal(res.tokens.cpu(), exp.tokens.cpu()), (res.tokens, exp.tokens)
-    assert_floats_match(res.log_probs, exp.log_probs, "log_probs")
-    assert_floats_match(res.scores, exp.scores, "scores")
+    """As :func:`assert_topk_same`, for stochastic_beam_step (parents and tokens exactly)."""
+    _assert_dtypes(res, (torch.long, torch.long, torch.float32, torch.float32))
+    skt.assert_same(res, exp, rtol=RTOL, atol=ATOL)
 
 
 def _row_temperature(temperature, R):

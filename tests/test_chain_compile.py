@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from chain_cases import _varied_case, assert_same, make_greedy
+from chain_cases import _varied_case, make_greedy
 from helpers import capture_cuda_graph, to_device
 
 import specdec_kernels as sk
 import specdec_kernels.reference as ref
 from specdec_kernels import VERIFY_CHAIN_OFFSET_STRIDE as STRIDE
+from specdec_kernels.testing import assert_same
 
 TRITON_FAMILY = "chain"  # conftest: the triton params need specdec_kernels.triton.chain
 
@@ -43,9 +44,7 @@ def test_torch_compile_fullgraph_cpu():
     cf = torch.compile(f, fullgraph=True, backend="aot_eager")
     for off in (0, STRIDE):
         o.fill_(off)
-        got, exp = cf(x, p, q, s, o), f(x, p, q, s, o)
-        for a, b in zip(got, exp, strict=True):
-            assert torch.equal(a, b)
+        assert_same(cf(x, p, q, s, o), f(x, p, q, s, o))
 
 
 @pytest.mark.cuda

@@ -12,7 +12,6 @@ from chain_cases import (
     VARIANTS,
     VARIANTS_BY_NAME,
     _build_case,
-    assert_same,
     check_structure,
     make_chain,
     make_greedy,
@@ -21,6 +20,7 @@ from helpers import to_device, with_generator
 
 import specdec_kernels as sk
 import specdec_kernels.reference as ref
+from specdec_kernels.testing import assert_same
 
 TRITON_FAMILY = "chain"  # conftest: the triton params need specdec_kernels.triton.chain
 

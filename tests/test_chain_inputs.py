@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from chain_cases import _bad_cases, _good, _varied_case, assert_same
+from chain_cases import _bad_cases, _good, _varied_case
 from helpers import ROW_SUM_TOL, assert_row_sum_tolerance, to_device
 
 import specdec_kernels as sk
 import specdec_kernels.reference as ref
+from specdec_kernels.testing import assert_same
 
 TRITON_FAMILY = "chain"  # conftest: the triton params need specdec_kernels.triton.chain
 

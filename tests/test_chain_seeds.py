@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from chain_cases import _varied_case, assert_same
+from chain_cases import _varied_case
 from helpers import to_device
 
 import specdec_kernels as sk
 from specdec_kernels import VERIFY_CHAIN_OFFSET_STRIDE as STRIDE
+from specdec_kernels.testing import assert_same
 
 TRITON_FAMILY = "chain"  # conftest: the triton params need specdec_kernels.triton.chain
 
@@ -53,8 +54,7 @@ def test_seed_tensor_result_independent_of_batch_position(backend):
     perm = torch.tensor([5, 2, 7, 0, 1, 6, 3, 4])  # request 0 moves to row 3, request 5 to row 0
     moved = sk.verify_chain(*to_device((x[perm], p[perm], q[perm]), d), seed=seeds[perm].to(d),
                             offset=offs[perm].to(d))
-    assert torch.equal(moved.tokens.cpu(), base.tokens.cpu()[perm])
-    assert torch.equal(moved.num_accepted.cpu(), base.num_accepted.cpu()[perm])
+    assert_same(moved, sk.ChainResult(*(t.cpu()[perm] for t in base)))
     # Alone in a batch of one, it is still the same.
     alone = sk.verify_chain(*to_device((x[5:6], p[5:6], q[5:6]), d), seed=seeds[5:6].to(d),
                             offset=offs[5:6].to(d))

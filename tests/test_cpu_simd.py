@@ -15,6 +15,7 @@ import torch
 
 import specdec_kernels as sk
 from specdec_kernels import reference
+from specdec_kernels.testing import assert_same
 
 pytestmark = pytest.mark.skipif("cpu" not in sk.backends("cpu"), reason="needs the compiled cpu backend")
 
@@ -54,7 +55,7 @@ def test_verify_chain_levels(V, dtype, deterministic):
     outs = at_levels(lambda: sk.verify_chain(x, p, qq, num_draft=nd, seed=torch.arange(B) + 11))
     ref = reference.verify_chain(x, p, qq, num_draft=nd, seed=torch.arange(B) + 11)
     for o in outs:
-        assert torch.equal(o.tokens, ref.tokens) and torch.equal(o.num_accepted, ref.num_accepted)
+        assert_same(o, ref)
     other = sk.verify_chain(x, p, qq, num_draft=nd, seed=torch.arange(B) + 12)
     assert not torch.equal(other.tokens, ref.tokens), "the seed must matter (else equality is vacuous)"
 
@@ -104,8 +105,7 @@ def test_verify_tree_levels(V, dtype, mode):
     outs = at_levels(lambda: sk.verify_tree(tokens, parents, p, qq, **kw))
     ref = reference.verify_tree(tokens, parents, p, qq, **kw)
     for o in outs:
-        for a, b in zip(o, ref, strict=True):
-            assert torch.equal(a, b)
+        assert_same(o, ref)
 
 
 @pytest.mark.parametrize("V", VOCABS)
@@ -117,8 +117,7 @@ def test_verify_tree_greedy_levels(V):
     outs = at_levels(lambda: sk.verify_tree_greedy(tokens, parents, z))
     ref = reference.verify_tree_greedy(tokens, parents, z)
     for o in outs:
-        for a, b in zip(o, ref, strict=True):
-            assert torch.equal(a, b)
+        assert_same(o, ref)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -133,9 +132,7 @@ def test_gumbel_topk_levels(V, dtype, T):
     outs = at_levels(lambda: sk.gumbel_topk(z, k, temperature=T, seed=torch.arange(5) + 1))
     ref = reference.gumbel_topk(z, k, temperature=T, seed=torch.arange(5) + 1)
     for o in outs:
-        assert torch.equal(o.tokens, ref.tokens)
-        torch.testing.assert_close(o.log_probs, ref.log_probs, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(o.scores, ref.scores, rtol=1e-5, atol=1e-5)
+        assert_same(o, ref, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("V", VOCABS)
@@ -151,9 +148,7 @@ def test_stochastic_beam_step_levels(V):
     outs = at_levels(lambda: sk.stochastic_beam_step(z, lp, sc, 4, **kw))
     ref = reference.stochastic_beam_step(z, lp, sc, 4, **kw)
     for o in outs:
-        assert torch.equal(o.parents, ref.parents) and torch.equal(o.tokens, ref.tokens)
-        torch.testing.assert_close(o.log_probs, ref.log_probs, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(o.scores, ref.scores, rtol=1e-5, atol=1e-5)
+        assert_same(o, ref, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

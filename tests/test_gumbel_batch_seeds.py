@@ -21,6 +21,7 @@ from helpers import to_device
 
 import specdec_kernels as sk
 import specdec_kernels.reference as ref
+import specdec_kernels.testing as skt
 from specdec_kernels import GUMBEL_OFFSET_STRIDE as STRIDE
 
 TRITON_FAMILY = "gumbel"  # conftest: the triton params need specdec_kernels.triton.gumbel
@@ -165,10 +166,8 @@ def test_seed_tensor_result_independent_of_batch_position(backend, op):
     base = _call(op, x, d, seed=seeds, offset=offs, temperature=T)
     moved = _call(op, _pick(op, x, perm), d, seed=seeds[perm], offset=offs[perm], temperature=T[perm])
     alone = _call(op, _pick(op, x, slice(2, 3)), d, seed=seeds[2:3], offset=offs[2:3], temperature=T[2:3])
-    for a, b in zip(moved, base, strict=True):
-        assert torch.equal(a.cpu(), b.cpu()[perm])
-    for a, b in zip(alone, base, strict=True):
-        assert torch.equal(a.cpu(), b.cpu()[2:3])
+    skt.assert_same(moved, type(base)(*(b.cpu()[perm] for b in base)), rtol=0, atol=0)
+    skt.assert_same(alone, type(base)(*(b.cpu()[2:3] for b in base)), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("op", ["topk", "beam"])

@@ -16,7 +16,6 @@ from gumbel_cases import (
     _rng_kw,
     _strided,
     assert_beam_same,
-    assert_floats_match,
     check_beam_structure,
     first_requests,
     make_beams,
@@ -28,6 +27,7 @@ from helpers import to_device, with_generator
 import specdec_kernels as sk
 import specdec_kernels.reference as ref
 from specdec_kernels import GUMBEL_OFFSET_STRIDE as STRIDE
+from specdec_kernels.testing import assert_same
 
 TRITON_FAMILY = "gumbel"  # conftest: the triton params need specdec_kernels.triton.gumbel
 
@@ -211,7 +211,7 @@ def test_root_step_equals_gumbel_topk(backend, V, width, seed_kind):
     assert torch.equal(step.tokens.cpu(), top.tokens.cpu())
     valid = top.tokens.cpu() >= 0
     assert torch.equal(step.parents.cpu(), torch.where(valid, 0, -1))
-    assert_floats_match(step.log_probs, top.log_probs, "log_probs")
+    assert_same(step.log_probs, top.log_probs, name="log_probs")
     assert step.scores[:, 0].cpu().tolist() == [0.0] * R
 
 

@@ -18,6 +18,7 @@ from helpers import capture_cuda_graph, to_device
 
 import specdec_kernels as sk
 import specdec_kernels.reference as ref
+import specdec_kernels.testing as skt
 from specdec_kernels import GUMBEL_OFFSET_STRIDE as STRIDE
 
 TRITON_FAMILY = "gumbel"  # conftest: the triton params need specdec_kernels.triton.gumbel
@@ -60,9 +61,7 @@ def _compile_check(device, backend):
     cf = torch.compile(f, fullgraph=True, backend=backend)
     for off in (0, STRIDE):
         o.fill_(off)
-        got, exp = cf(x, xb, phi, G, mask, t, s, o), f(x, xb, phi, G, mask, t, s, o)
-        for a, b in zip(got, exp, strict=True):
-            assert torch.equal(a, b)
+        skt.assert_same(cf(x, xb, phi, G, mask, t, s, o), f(x, xb, phi, G, mask, t, s, o), rtol=0, atol=0)
 
 
 def test_torch_compile_fullgraph_cpu():

@@ -12,6 +12,7 @@ from helpers import capture_cuda_graph
 
 import specdec_kernels as sk
 import specdec_kernels.reference as ref
+import specdec_kernels.testing as skt
 
 TRITON_FAMILY = "sampling"  # conftest: the triton params need specdec_kernels.triton.sampling
 
@@ -19,12 +20,11 @@ RTOL, ATOL = 1e-5, 1e-7
 
 
 def assert_probs_match(out, expected):
-    out, expected = out.cpu(), expected.cpu()
-    assert out.dtype == torch.float32 and out.shape == expected.shape
-    torch.testing.assert_close(out, expected, rtol=RTOL, atol=ATOL)
+    assert out.dtype == torch.float32, out.dtype
+    skt.assert_same(out, expected, rtol=RTOL, atol=ATOL, name="probs")
     # allclose alone would let a kept token of probability < atol pass for a filtered one: the
     # support (which tokens top-k/top-p keep) must match exactly.
-    assert torch.equal(out == 0, expected == 0), "different tokens kept"
+    assert torch.equal(out.cpu() == 0, expected.cpu() == 0), "different tokens kept"
 
 
 def make_logits(R, V, *, seed, dtype=torch.float32, ties=False, masked=False):

@@ -24,7 +24,6 @@ from tree_cases import (
     VARIANTS_BY_NAME,
     _rng_kw,
     _trials,
-    assert_same,
     check_structure,
     chi2_pvalue,
     draft_tree,
@@ -39,6 +38,7 @@ from tree_exact import Instance, evaluate
 
 import specdec_kernels as sk
 import specdec_kernels.reference as RT
+from specdec_kernels.testing import assert_same
 
 TRITON_FAMILY = "tree"  # conftest: the triton params need specdec_kernels.triton.tree
 
@@ -314,5 +314,4 @@ def test_opcheck_verify_tree_block():
     torch.library.opcheck(torch.ops.specdec.verify_tree_block.default, args)
     cf = torch.compile(lambda *a: torch.ops.specdec.verify_tree_block(*a), fullgraph=True,
                        backend="aot_eager")
-    for a, b in zip(cf(*args), torch.ops.specdec.verify_tree_block(*args), strict=True):
-        assert torch.equal(a, b)
+    assert_same(cf(*args), torch.ops.specdec.verify_tree_block(*args))

@@ -15,7 +15,6 @@ from tree_cases import (
     PAPER_PARENTS,
     PAPER_TOKENS,
     PV,
-    assert_same,
     check_structure,
     children_lists,
     first_rows,
@@ -28,6 +27,7 @@ from tree_cases import (
 # reference. (Kept in one place: the public names can replace ``T`` once they are exported.)
 from specdec_kernels.ops import tree as T
 from specdec_kernels.reference import tree as RT
+from specdec_kernels.testing import assert_same
 
 TRITON_FAMILY = "tree"  # conftest: the triton params need specdec_kernels.triton.tree
 

@@ -10,7 +10,7 @@ import contextlib
 import pytest
 import torch
 from helpers import ROW_SUM_TOL, assert_row_sum_tolerance, to_device
-from tree_cases import assert_same, unpack_bits
+from tree_cases import unpack_bits
 
 import specdec_kernels as sk
 
@@ -18,6 +18,7 @@ import specdec_kernels as sk
 # reference. (Kept in one place: the public names can replace ``T`` once they are exported.)
 from specdec_kernels.ops import tree as T
 from specdec_kernels.reference import tree as RT
+from specdec_kernels.testing import assert_same
 
 TRITON_FAMILY = "tree"  # conftest: the triton params need specdec_kernels.triton.tree
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import to_device
-from tree_cases import STRIDE, assert_same, children_lists, rsdc_shape
+from tree_cases import STRIDE, children_lists, rsdc_shape
 
 # The tree ops by module: ``T.verify_tree`` is the public op (backend dispatch). (Kept in one place:
 # the public names can replace ``T`` once they are exported.)
 from specdec_kernels.ops import tree as T
+from specdec_kernels.testing import assert_same
 
 TRITON_FAMILY = "tree"  # conftest: the triton params need specdec_kernels.triton.tree
 

@@ -21,7 +21,6 @@ from tree_cases import (
     VARIANTS_BY_NAME,
     _rng_kw,
     _strided,
-    assert_same,
     brute_mask,
     chain_shape,
     check_structure,
@@ -38,6 +37,7 @@ import specdec_kernels as sk
 # reference. (Kept in one place: the public names can replace ``T`` once they are exported.)
 from specdec_kernels.ops import tree as T
 from specdec_kernels.reference import tree as RT
+from specdec_kernels.testing import assert_same
 
 TRITON_FAMILY = "tree"  # conftest: the triton params need specdec_kernels.triton.tree
 

@@ -206,12 +206,6 @@ def check_structure(res, inputs):
         assert bool((tokens[b, a + 1:] == -1).all()) and bool((nodes[b, a:] == -1).all()), b
 
 
-def assert_same(res, exp):
-    assert torch.equal(res.num_accepted.cpu(), exp.num_accepted.cpu()), (res, exp)
-    assert torch.equal(res.tokens.cpu(), exp.tokens.cpu()), (res, exp)
-    assert torch.equal(res.accepted_nodes.cpu(), exp.accepted_nodes.cpu()), (res, exp)
-
-
 def first_rows(inputs, kw, n):
     """The first n requests of a case (valid for every seed kind: an int seed gives row r stream r,
     a generator draws one int seed)."""
