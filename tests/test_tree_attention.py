@@ -97,16 +97,16 @@ def test_matches_reference_and_sdpa(backend, case, dtype):
 def test_cpu_backend_both_prefix_paths(monkeypatch, fused, dtype):
     """The cpu backend runs the prefix through torch's fused flash op when torch has it, else a
     blocked online softmax (chunk 16 here, so several blocks): both paths meet the bound."""
-    from specdec_kernels.ops import attention as ops_attention
+    from specdec_kernels.reference import attention as ref_attention
 
-    if fused and ops_attention._FLASH_CPU is None:
+    if fused and ref_attention._FLASH_CPU is None:
         pytest.skip("this torch has no fused CPU flash attention op")
     if not fused:
-        monkeypatch.setattr(ops_attention, "_FLASH_CPU", None)
+        monkeypatch.setattr(ref_attention, "_FLASH_CPU", None)
     for case in CASES:
         B, Hq, Hkv, N, D, L, lens = case
         a, parents = make(B, Hq, Hkv, N, D, L, dtype, "cpu", lens, seed=3)
-        out = ops_attention.tree_attention_cpu(**a, scale=a["q"].shape[-1] ** -0.5, chunk=16)
+        out = ref_attention.tree_attention_cpu(**a, scale=a["q"].shape[-1] ** -0.5, chunk=16)
         check_close(out, a, parents)
 
 

@@ -192,7 +192,7 @@ def call(name: str, args: tuple, check: bool = False, backend: str | None = None
     kernel_checks = backend == "cpu" and op.cpu == COMPILED
     if check and not kernel_checks and op.check_values is not None:
         op.check_values(*args)
-    fn = _kernel(op, backend, device.type)
+    fn = _kernels.get((name, backend, device.type)) or _kernel(op, backend, device.type)
     if op.has_check:
         return fn(*args, check and kernel_checks)
     return fn(*args)
