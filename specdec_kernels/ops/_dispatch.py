@@ -12,12 +12,13 @@ How a call is routed:
   that implementation directly, with the same canonical arguments.
 
 Implementations are named lazily ("module:function" under specdec_kernels) so that importing the
-package imports neither triton nor the references' helpers until an op needs them.
+package does not import triton (about a second) until an op runs on it.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -105,7 +106,9 @@ def gpu_choice(op: Op) -> str:
     """The implementation the dispatcher's CUDA kernel of ``op`` is: "cuda" or "triton"."""
     have_cuda = op.cuda == COMPILED and op.name in _compiled_cuda
     pref = _backend.CUDA_DEFAULTS.get(op.select_as, "cuda")
-    if op.triton is not None and (pref == "triton" or not have_cuda) and _backend.triton_importable():
+    # find_spec, not an import: triton loads on the first CUDA call that needs it, not at import time
+    if op.triton is not None and (pref == "triton" or not have_cuda) and \
+            importlib.util.find_spec("triton") is not None:
         return "triton"
     return "cuda"
 
