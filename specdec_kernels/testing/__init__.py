@@ -1,12 +1,13 @@
 """Helpers for testing and benchmarking specdec_kernels ops; used by the project's tests, benchmarks,
 ``python -m specdec_kernels`` and the GPU check (benchmarks/gpu_quick_check.py).
 
+    import specdec_kernels as sk
     import specdec_kernels.testing as skt
 
     inp = skt.make_chain_inputs("cpu", B=8, K=5, V=32000)
     out = sk.verify_chain(inp.x, inp.p, inp.q, seed=inp.seed, offset=inp.offset)
-    skt.check_chain(out, reference.verify_chain(inp.x[:4], inp.p[:4], inp.q[:4], seed=inp.seed[:4],
-                                                offset=inp.offset), K=5, V=32000)
+    skt.check_chain(out, sk.reference.verify_chain(inp.x, inp.p, inp.q, seed=inp.seed,
+                                                   offset=inp.offset), K=5, V=32000)
     print(skt.chain_bytes(out.num_accepted, 5, 32000, "float32", draft_probs=True) / 1e6, "MB")
 
 Modules:
