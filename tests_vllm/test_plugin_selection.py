@@ -235,3 +235,12 @@ def test_selected_by_specdec_vllm():
 ])
 def test_is_selected(environ, selected):
     assert specdec.vllm.is_selected(environ) is selected
+
+
+def test_v2_runner_sampler_is_refused_not_left_in_place():
+    """vLLM's v2 GPU runner has its own rejection sampler, which the plugin does not replace: with the
+    plugin active (conftest), building it raises and says how to get the V1 runner."""
+    from vllm.v1.worker.gpu.spec_decode import rejection_sampler as v2
+
+    with pytest.raises(RuntimeError, match="VLLM_USE_V2_MODEL_RUNNER=0"):
+        v2.RejectionSampler(None, None, None)

@@ -57,7 +57,8 @@ _EXPECTED_PARAMS = (
 def is_selected(environ: dict[str, str] | None = None) -> bool:
     """Whether the environment selects this plugin: ``specdec`` in ``VLLM_PLUGINS``, or ``SPECDEC_VLLM=1``."""
     env = os.environ if environ is None else environ
-    listed = [p.strip() for p in env.get("VLLM_PLUGINS", "").split(",")]
+    # Split exactly as vLLM does (no stripping): " specdec" would not run our entry point there.
+    listed = env.get("VLLM_PLUGINS", "").split(",")
     return PLUGIN_NAME in listed or env.get("SPECDEC_VLLM", "0") not in ("", "0")
 
 
@@ -127,26 +128,28 @@ def activate(rule: str | None = None) -> None:
             f"specdec.vllm: vllm.v1.sample.rejection_sampler.rejection_sample takes {params}, "
             f"not the {_EXPECTED_PARAMS} this plugin replaces; refusing to patch it"
         )
+    drafter_cls = _drafter_class()
+    from . import verify  # imports specdec_kernels: a failure here is raised before anything changes
+
     # The processes vLLM starts later (engine core, workers) run the general plugins again: make sure
     # they select this one and use the same rule.
     os.environ["SPECDEC_VLLM"] = "1"
     os.environ["SPECDEC_VLLM_RULE"] = chosen
     listed = os.environ.get("VLLM_PLUGINS")
-    if listed is not None and PLUGIN_NAME not in [p.strip() for p in listed.split(",")]:
+    if listed is not None and PLUGIN_NAME not in listed.split(","):
         os.environ["VLLM_PLUGINS"] = ",".join([p for p in listed.split(",") if p.strip()] + [PLUGIN_NAME])
 
     _state["rule"] = chosen
     if _state["active"]:
         return
-    _patch_rejection_sampler(rs, original)
-    _patch_drafter_probs()
+    _patch_rejection_sampler(rs, original, verify)
+    _patch_drafter_probs(drafter_cls)
+    _refuse_v2_runner()
     _state["active"] = True
     _log.info("specdec: vLLM %s verifies drafts with specdec_kernels (rule %s)", vllm.__version__, chosen)
 
 
-def _patch_rejection_sampler(rs: Any, original: Any) -> None:
-    from .verify import expand_batch_to_tokens, rejection_sample
-
+def _patch_rejection_sampler(rs: Any, original: Any, verify: Any) -> None:
     cls = rs.RejectionSampler
     init, forward = cls.__init__, cls.forward
 
@@ -174,18 +177,35 @@ def _patch_rejection_sampler(rs: Any, original: Any) -> None:
         chosen = _current_rule.get() or _state["rule"]
         metadata = kwargs.get("sampling_metadata", args[7] if len(args) > 7 else None)
         _state["calls"]["greedy" if metadata.all_greedy else chosen] += 1
-        return rejection_sample(*args, rule=chosen, **kwargs)
+        return verify.rejection_sample(*args, rule=chosen, **kwargs)
 
     rs._specdec_original_rejection_sample = original
     rs.rejection_sample = rejection_sample_specdec
-    rs.expand_batch_to_tokens = expand_batch_to_tokens
+    rs.expand_batch_to_tokens = verify.expand_batch_to_tokens
     cls.__init__ = __init__
     cls.forward = forward_with_rule
 
 
-def _patch_drafter_probs() -> None:
-    """Block verification needs the draft probabilities; vLLM 0.32's drafter keeps them only when the
-    method is "standard" (and ``draft_sample_method="probabilistic"``)."""
+def _refuse_v2_runner() -> None:
+    """vLLM's "v2" GPU model runner (``VLLM_USE_V2_MODEL_RUNNER``, chosen per model on GPUs) has a
+    rejection sampler of its own that this plugin does not replace: building it raises, rather than
+    leaving vLLM's verification in place unannounced."""
+    try:
+        from vllm.v1.worker.gpu.spec_decode import rejection_sampler as v2
+    except ImportError:  # a vLLM build without the v2 runner cannot run it either
+        return
+
+    def __init__(self, *args, **kwargs):  # noqa: N807
+        raise RuntimeError(
+            "specdec.vllm replaces the rejection sampler of vLLM's V1 model runner (the CPU runner, and "
+            "the GPU runner with VLLM_USE_V2_MODEL_RUNNER=0); this engine chose the v2 runner, whose "
+            "sampler the plugin does not replace. Set VLLM_USE_V2_MODEL_RUNNER=0 or deselect the plugin."
+        )
+
+    v2.RejectionSampler.__init__ = __init__
+
+
+def _drafter_class() -> Any:
     from vllm.v1.spec_decode import llm_base_proposer as lbp
 
     cls = getattr(lbp, "SpecDecodeBaseProposer", None)
@@ -194,6 +214,12 @@ def _patch_drafter_probs() -> None:
             "specdec.vllm: vLLM's SpecDecodeBaseProposer no longer sets _enable_probabilistic_draft_probs; "
             "refusing to patch it"
         )
+    return cls
+
+
+def _patch_drafter_probs(cls: Any) -> None:
+    """Block verification needs the draft probabilities; vLLM 0.32's drafter keeps them only when the
+    method is "standard" (and ``draft_sample_method="probabilistic"``)."""
     init = cls.__init__
 
     @functools.wraps(init)
