@@ -48,13 +48,14 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from record import git_commit, slug  # noqa: E402
 
 #: name -> (plugin, draft_sample, k or None for "the --k flag", temperatures ("T" = --temperature))
 CONFIGS: dict[str, tuple[str, str, int | None, tuple[str, ...]]] = {
@@ -73,24 +74,6 @@ FIELDS = [
     "num_accepted_tokens", "mean_accepted_per_round", "mean_tokens_per_round", "acceptance_rate",
     "acceptance_per_pos", "same_tokens_across_reps", "text_sample",
 ]
-
-
-def git_commit(cwd: str = HERE) -> str:
-    """Short HEAD hash ("-dirty" when tracked files changed), or "unknown" outside a checkout."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True,
-                              text=True, timeout=10)
-        if head.returncode != 0:
-            return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
 
 
 def device_slug(device: str) -> str:

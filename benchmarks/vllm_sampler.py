@@ -23,7 +23,6 @@ import datetime
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,8 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from record import git_commit, slug  # noqa: E402
 
 
 def _inputs(batch: int, k: int, vocab: int, mode: str, seed: int = 0) -> dict:
@@ -84,17 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     ours = verify.rejection_sample
     theirs = rs.rejection_sample  # the plugin is not activated in this process
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.strip()
-    commit += "-dirty" if dirty else ""
+    commit = git_commit(ROOT)
     cpu = platform.processor()
     with open("/proc/cpuinfo") as f:
         cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
     date = datetime.date.today().isoformat()
+    device = slug(" ".join(cpu.split()[:2]) + f" {os.cpu_count()} cpus")
     out = args.out or (tempfile.mktemp(suffix=".csv", prefix="vllm-sampler-") if args.quick else os.path.join(
-        HERE, "results", f"vllm-sampler-amd-epyc-{os.cpu_count()}-cpus-{date}-{commit}.csv"))
+        HERE, "results", f"vllm-sampler-{device}-{date}-{commit}.csv"))
     rows = []
     for batch in [int(b) for b in args.batches.split(",")]:
         for mode in ("greedy", "sampled", "sampled_q"):

