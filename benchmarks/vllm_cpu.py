@@ -8,9 +8,10 @@ Runs in the vLLM venv (``bash scripts/vllm_venv.sh .venv-vllm``), from the repos
     .venv-vllm/bin/python -P benchmarks/vllm_cpu.py --reps 5 --max-tokens 256 --in-process
 
 The default grid runs vLLM as a user would (multiprocess engine, torch.compile): 8 configurations x
-3 repetitions of an engine start (60-75 s on 2 cores: the compile is not cached across runs) and 8
-prompts x 128 tokens one request at a time, about 40 minutes on 2 cores. ``--enforce-eager`` starts
-in 17 s, ``--enforce-eager --in-process`` in 5 s (the fastest per token on 2 cores, too).
+3 repetitions of an engine start (a minute or more on 2 cores: the compile is not cached across
+runs) and 8 prompts x 128 tokens one request at a time, the better part of an hour on 2 cores;
+``--in-process --enforce-eager`` (the recorded runs) takes about 12 minutes: those engines start in
+seconds (the CSV's engine_start_s_median) and were the fastest per token on 2 cores, too.
 
 Target SmolLM2-135M-Instruct, drafter the shipped distilled ``smollm2-drafter`` (k drafts per step,
 vLLM's ``draft_model`` method). The configurations (:data:`CONFIGS`), each at the temperatures given:

@@ -9,8 +9,27 @@ import torch
 
 from specdec_kernels.testing import capture_cuda_graph, to_device
 
-__all__ = ["ROW_SUM_TOL", "add_to_last", "assert_row_sum_tolerance", "capture_cuda_graph", "to_device",
-           "with_generator"]
+__all__ = ["ROW_SUM_TOL", "add_to_last", "assert_row_sum_tolerance", "capture_cuda_graph", "pooled_cells",
+           "pooled_chi2", "to_device", "with_generator"]
+
+
+def pooled_cells(counts: torch.Tensor, expected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Observed and expected counts for a chi-square test, the cells expected fewer than 5 times
+    pooled into one (the test's approximation needs ~5 per cell), cells expected 0 times dropped."""
+    small = expected < 5
+    o = torch.cat([counts[~small], counts[small].sum().reshape(1)])
+    e = torch.cat([expected[~small], expected[small].sum().reshape(1)])
+    keep = e > 0
+    return o[keep], e[keep]
+
+
+def pooled_chi2(counts: torch.Tensor, expected: torch.Tensor, p_threshold: float) -> tuple[float, float, int]:
+    """(statistic, threshold at ``p_threshold``, degrees of freedom) over :func:`pooled_cells`."""
+    from scipy import stats
+
+    o, e = pooled_cells(counts, expected)
+    df = int(e.numel()) - 1
+    return float(((o - e) ** 2 / e).sum()), float(stats.chi2.ppf(1 - p_threshold, df)), df
 
 
 def with_generator(kw: dict) -> dict:

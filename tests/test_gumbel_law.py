@@ -18,8 +18,7 @@ from gumbel_cases import (
     check_topk_structure,
     make_beams,
 )
-from helpers import to_device
-from scipy import stats
+from helpers import pooled_chi2, to_device
 
 import specdec_kernels as sk
 from specdec_kernels import GUMBEL_OFFSET_STRIDE as STRIDE
@@ -43,14 +42,7 @@ def chi2_stat(codes, law, *, check_support=True):
     expected = N * law
     if check_support:
         assert float(counts[law == 0].sum()) == 0, "an outcome of probability 0 was drawn"
-    small = expected < 5
-    o = torch.cat([counts[~small], counts[small].sum().reshape(1)])
-    e = torch.cat([expected[~small], expected[small].sum().reshape(1)])
-    keep = e > 0
-    o, e = o[keep], e[keep]
-    stat = float(((o - e) ** 2 / e).sum())
-    df = int(keep.sum()) - 1
-    return stat, float(stats.chi2.ppf(1 - P_THRESHOLD, df)), df
+    return pooled_chi2(counts, expected, P_THRESHOLD)
 
 
 def ordered_law(p, k, *, replacement_then_distinct=False):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 import torch
-from helpers import to_device
+from helpers import pooled_cells, to_device
 from scipy import stats
 
 # The tree ops by module: ``T.verify_tree`` is the public op (backend dispatch). (Kept in one place:
@@ -449,11 +449,8 @@ def chi2_pvalue(samples, law):
         idx = idx * MV + samples[:, j]
     counts = torch.bincount(idx, minlength=law.numel()).double()
     expected = samples.shape[0] * law
-    small = expected < 5
-    o = torch.cat([counts[~small], counts[small].sum().reshape(1)])
-    e = torch.cat([expected[~small], expected[small].sum().reshape(1)])
-    keep = e > 0
-    o, e = o[keep], e[keep] * (o[keep].sum() / e[keep].sum())  # chisquare wants equal totals
+    o, e = pooled_cells(counts, expected)
+    e = e * (o.sum() / e.sum())  # chisquare wants equal totals
     return float(stats.chisquare(o.numpy(), e.numpy()).pvalue)
 
 

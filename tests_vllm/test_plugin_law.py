@@ -32,7 +32,6 @@ import pytest
 import specdec.vllm
 import specdec.vllm.verify as plugin_verify
 import torch
-from scipy import stats
 from vllm.v1.outputs import SamplerOutput
 from vllm.v1.sample import rejection_sampler as rs
 from vllm.v1.sample.logits_processor import LogitsProcessors
@@ -46,6 +45,7 @@ import specdec_kernels as sk
 sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
 # tests/chain_exact.py: plain torch, no test imports
 from chain_exact import TOY_DET_NEXT, TOY_DRAFT, TOY_TARGET, ToyModel  # noqa: E402
+from helpers import pooled_chi2  # noqa: E402  (tests/helpers.py)
 
 P = -1  # vLLM's PLACEHOLDER_TOKEN_ID
 TARGET, DRAFT, DET_NEXT = TOY_TARGET, TOY_DRAFT, TOY_DET_NEXT  # the law tests' toy model
@@ -177,17 +177,12 @@ def first_two_tokens(sampler, model, K, *, N=N_LAW, gen_seed=0, seeded_rows=Fals
 
 
 def chi2(samples: torch.Tensor, law: torch.Tensor, V: int):
-    """(statistic, threshold at p = 1e-4): cells of expected count < 5 pooled (tests/chain_cases.py)."""
+    """(statistic, threshold at p = 1e-4): cells of expected count < 5 pooled (tests/helpers.py)."""
     idx = samples[:, 0] * V + samples[:, 1]
     counts = torch.bincount(idx, minlength=V * V).double()
     expected = samples.shape[0] * law
     assert float(counts[law == 0].sum()) == 0, "a sequence of probability 0 was emitted"
-    small = expected < 5
-    o = torch.cat([counts[~small], counts[small].sum().view(1)])
-    e = torch.cat([expected[~small], expected[small].sum().view(1)])
-    keep = e > 0
-    o, e = o[keep], e[keep]
-    return float(((o - e) ** 2 / e).sum()), float(stats.chi2.ppf(1 - 1e-4, int(keep.sum()) - 1))
+    return pooled_chi2(counts, expected, 1e-4)[:2]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -513,3 +508,24 @@ def test_vllm_cpu_expand_fallback_bug(dtype):
         assert out.tolist() == [3, 3, 5, 5, 5]
     else:
         assert out.tolist() == [-7] * 5, f"vLLM's CPU _expand now writes {dtype}: {out.tolist()}"
+
+
+def test_rejection_sample_refuses_inconsistent_arguments():
+    """Bad input to the replaced function raises a ValueError that names what disagrees."""
+    from types import SimpleNamespace
+
+    from specdec.vllm import verify
+
+    meta = SimpleNamespace(all_greedy=True, all_random=False, generators={}, temperature=None)
+    good = dict(draft_token_ids=torch.tensor([1, 2], dtype=torch.int32), num_draft_tokens=[2],
+                max_spec_len=2, cu_num_draft_tokens=torch.tensor([2], dtype=torch.int32), draft_probs=None,
+                target_logits=torch.zeros(2, 5), bonus_token_ids=torch.tensor([[3]]), sampling_metadata=meta)
+    assert verify.rejection_sample(**good).shape == (1, 3)
+    with pytest.raises(ValueError, match="draft_token_ids must be \\[T\\] and target_logits \\[T, V\\]"):
+        verify.rejection_sample(**{**good, "draft_token_ids": torch.tensor([[1, 2]])})
+    with pytest.raises(ValueError, match="sum\\(num_draft_tokens\\)=3 must agree"):
+        verify.rejection_sample(**{**good, "num_draft_tokens": [3]})
+    with pytest.raises(ValueError, match="2 target rows, 3 drafts"):
+        verify.rejection_sample(**{**good, "draft_token_ids": torch.tensor([1, 2, 3], dtype=torch.int32)})
+    with pytest.raises(ValueError, match="synthetic"):
+        verify.rejection_sample(**good, synthetic_mode=True)

@@ -33,8 +33,8 @@ unless already set): Intel OpenMP (``libiomp5.so`` from the venv's ``intel-openm
 explicitly (``kv_cache_gib``, default 1 GiB: vLLM otherwise takes most of the machine's memory and
 spends tens of seconds initialising it); thread binding left to vLLM (``VLLM_CPU_OMP_THREADS_BIND``
 auto: one core for the worker, the others for the engine loop). Start-up on 2 cores, SmolLM2-135M
-with its drafter: about 60-75 s with vLLM's torch.compile (its compile cache was not reused from one
-run to the next here), 17 s with ``--enforce-eager``, 5 s with ``--enforce-eager --in-process``
+with its drafter: a minute or more with vLLM's torch.compile (its compile cache was not reused from
+one run to the next here), far less with ``--enforce-eager``, seconds with ``--enforce-eager --in-process``
 (engine core and worker in this process: no process spawns, no inter-process queues; also the
 fastest per token on 2 cores). The scripts that use :func:`run_in_subprocess` need no
 ``if __name__ == "__main__"`` guard; code that builds ``vllm.LLM`` itself does (vLLM spawns).

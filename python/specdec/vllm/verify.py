@@ -75,9 +75,11 @@ def _padded_layout(
 
 # Reused (B, K+1, V) buffers, by device and role. Their size changes little from step to step, and a
 # fresh allocation of that size (tens of MB at B = 32, V = 49152) is served by mmap: every page is
-# then faulted in again on first touch, which cost more than the verification itself here (8-25 ms
-# at B = 32 on the 2-core VM, against 4 ms warm). CPU only; vLLM's worker calls the sampler from one
-# thread. They keep the largest batch's size (2 x B x (K+1) x V x 4 bytes: 63 MB at B = 32).
+# then faulted in again on first touch, intermittently (while glibc's mmap threshold is below that
+# size): 12-35 ms a call at B = 32 in 3 of 16 runs, against 3-4 ms without faults
+# (benchmarks/results/vllm-workspace-faults-amd-epyc-2-cpus-2026-12-06-220ca5d.txt). CPU only;
+# vLLM's worker calls the sampler from one thread. They keep the largest batch's size
+# (2 x B x (K+1) x V x 4 bytes: 63 MB at B = 32).
 _WORKSPACE: dict[tuple[torch.device, str], torch.Tensor] = {}
 
 
@@ -175,8 +177,7 @@ def rejection_sample(
 
     # Padding rows of the grid (never read by the op) hold whatever the workspace held: their softmax
     # is harmless and cheaper than clearing them. torch.softmax's fused kernel, into the second
-    # workspace (an in-place max/exp/sum/div over one buffer took 1.0 ms against 0.41 at B=8, K=4,
-    # V=49152 here).
+    # workspace (an in-place max/exp/sum/div over one buffer makes four passes where it makes one).
     probs = torch.ops.aten._softmax.out(logits, -1, False, out=_workspace("probs", logits.shape, device))
     q = None
     if draft_probs is not None:
