@@ -75,14 +75,14 @@ def main(argv=None) -> int:
     step_ms = {}
     for n in sizes:
         sc = SequenceCache(cut_output_vocab(drafter, n), V)
-        sc.prefill(ids)
+        sc.prefill([ids])
         with torch.no_grad():
             for _ in range(5):
-                sc.logits_through([5])
+                sc.forward_chains([[5]])
             times = []
             for _ in range(a.steps):
                 t0 = time.perf_counter()
-                sc.logits_through([5])
+                sc.forward_chains([[5]])
                 times.append(time.perf_counter() - t0)
         step_ms[n] = sorted(times)[len(times) // 2] * 1e3
 

@@ -70,6 +70,20 @@ class _Policy:
     def _reset_state(self, batch_size: int, device: torch.device) -> None:
         pass
 
+    def select_rows(self, rows) -> None:
+        """Keep the state of these requests only, in this order (finished requests left the batch):
+        ``rows`` is a sequence of row indices or an int64 tensor."""
+        if self.drafted is None:
+            return
+        R = self.drafted.shape[0]
+        idx = torch.as_tensor(rows, dtype=torch.int64, device=self.drafted.device)
+        if idx.dim() != 1 or (idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= R)):
+            raise ValueError(f"rows must be indices into the {R} requests, got {rows!r}")
+        # every per-request state tensor ([R]: drafted, stopped, thresholds, acceptance estimates)
+        for name, v in list(vars(self).items()):
+            if isinstance(v, torch.Tensor) and v.dim() == 1 and v.shape[0] == R:
+                setattr(self, name, v.index_select(0, idx))
+
     def _rule(self, logits: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

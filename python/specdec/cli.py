@@ -1,6 +1,7 @@
 """``specdec``: speculative decoding from the command line.
 
-    specdec generate --target PATH_OR_NAME --drafter PATH_OR_NAME [--image FILE] --prompt TEXT
+    specdec generate --target PATH_OR_NAME --drafter PATH_OR_NAME
+                     (--prompt TEXT [--prompt TEXT ...] | --prompts-file FILE) [--image FILE ...]
                      [--method rsd_s --width 4 --depth 3 | --gamma 5 | --branching 2,2,2]
                      [--policy adaedl --lam 0.5] [--verify block]
                      [--temperature 0.7 --top-k 0 --top-p 1.0 --seed 0]
@@ -15,8 +16,16 @@ Hugging Face cache only: the command sets Hugging Face offline mode (HF_HUB_OFFL
 anything, so nothing is downloaded and no network request is made (a 7B checkpoint is ~14 GB: fetch it
 on purpose, e.g. ``hf download NAME``, or pass ``--download``).
 
-Prompt building:
-  * text-only target: the prompt is tokenized as given (the tokenizer adds its BOS if it does).
+Prompts: ``--prompt`` may be repeated (``--prompt -`` reads one prompt from stdin) and
+``--prompts-file FILE`` adds one prompt per line (blank lines skipped; ``-`` reads stdin); the
+``--prompt`` texts come first. Several prompts are decoded together in one batch (one drafter forward
+per draft step and one target forward per round for all rows; greedy rows equal their single-prompt
+runs, and with ``--seed S`` row i samples with seed S + i). ``--image`` is given once (the image of
+every prompt) or once per prompt, in order.
+
+Prompt building (each prompt on its own; the rows are then left-padded into one batch):
+  * text-only target: the prompt is wrapped with the tokenizer's chat template when it has one (unless
+    ``--no-chat-template``), else tokenized as given (the tokenizer adds its BOS if it does).
   * LLaVA target with ``--image``: a prompt that already contains the image placeholder (e.g.
     ``<image>``) is used verbatim. Otherwise the prompt is wrapped with the processor's chat template
     (one user turn: the image, then the text; generation prompt added), or, when the processor has no
@@ -24,14 +33,18 @@ Prompt building:
     The processor then expands the placeholder to the image's feature count.
   * LLaVA target without ``--image``: a plain text prompt (a placeholder in it is an error).
 
-Output: the generated text is streamed as rounds commit tokens (the whole generated suffix is decoded
-each time and only new characters are printed, so characters spanning several tokens render whole),
-then a stats table. ``--json`` prints one JSON object {"text", "stats", "args"} instead and streams
-nothing. A progress bar (tqdm, stderr) is shown with ``--progress``, or by default when stderr is a
-terminal and the text is not being streamed to a terminal too (the bar would garble it).
+Output, one prompt: the generated text is streamed as rounds commit tokens (the whole generated suffix
+is decoded each time and only new characters are printed, so characters spanning several tokens render
+whole), then a stats table. Several prompts: nothing is streamed; after generation each prompt's text
+is printed under a ``[i/N] prompt`` line, then one stats table (of the whole batch). ``--json`` prints
+one JSON object {"text", "texts", "stats", "args"} (one prompt) or {"texts", "stats", "args"} (several)
+instead and streams nothing. A progress bar (tqdm, stderr; tokens of all rows) is shown with
+``--progress``, or by default when stderr is a terminal and the text is not being streamed to a
+terminal too (the bar would garble it).
 
-Exit status: 0 on success; 2 on a usage or input error (missing model, unreadable image, image given to
-a text-only target, invalid decoder arguments), reported as one line on stderr; 130 on Ctrl-C.
+Exit status: 0 on success; 2 on a usage or input error (missing model, empty prompt or prompts file,
+unreadable image, image given to a text-only target, --image given neither once nor once per prompt,
+invalid decoder arguments), reported as one line on stderr; 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -175,9 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     g = sub.add_parser(
         "generate",
-        help="generate text from a prompt (and an image for a LLaVA target)",
-        description="Generate a continuation of --prompt with a target model accelerated by a drafter. "
-        "The text streams as it is committed, then the decoding statistics are printed.",
+        help="generate text from one or more prompts (and images for a LLaVA target)",
+        description="Generate a continuation of each prompt with a target model accelerated by a "
+        "drafter. One prompt: the text streams as it is committed, then the decoding statistics are "
+        "printed. Several prompts (--prompt repeated, --prompts-file) are decoded together in one "
+        "batch; each text is printed after generation under its prompt, then the statistics.",
         epilog="Draft shapes: sd drafts a chain of --gamma tokens (fewer when an adaptive --policy stops "
         "early); specinfer (i.i.d. children) and rsd_c (Gumbel-Top-k children) draft a tree with "
         "--branching children per level, e.g. 2,2,2; rsd_s keeps --width beams for --depth levels "
@@ -205,8 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
 
     i = g.add_argument_group("input")
-    i.add_argument("--prompt", required=True, metavar="TEXT", help="the prompt text ('-' reads stdin)")
-    i.add_argument("--image", metavar="FILE", help="an image file for a LLaVA target")
+    i.add_argument("--prompt", action="append", default=[], metavar="TEXT",
+                   help="a prompt text ('-' reads one prompt from stdin); repeatable: several prompts are "
+                   "decoded together in one batch")
+    i.add_argument("--prompts-file", metavar="FILE",
+                   help="a file of prompts, one per line (blank lines skipped; '-' reads stdin), added "
+                   "after the --prompt texts")
+    i.add_argument("--image", action="append", default=[], metavar="FILE",
+                   help="an image file for a LLaVA target; give it once (the image of every prompt) or "
+                   "once per prompt, in the prompts' order")
     i.add_argument("--no-chat-template", action="store_true",
                    help="tokenize the prompt as given instead of wrapping it in the tokenizer's chat "
                    "template (with --image: prepend the image token instead)")
@@ -255,10 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     o = g.add_argument_group("output")
     o.add_argument("--json", action="store_true",
-                   help='print one JSON object {"text", "stats", "args"} and nothing else on stdout')
+                   help='print one JSON object and nothing else on stdout: {"texts", "stats", "args"} '
+                   '(one text per prompt; with one prompt also "text")')
     o.add_argument("--progress", action="store_true",
-                   help="show a progress bar on stderr (default: only when stderr is a terminal and "
-                   "stdout is not)")
+                   help="show a progress bar on stderr, tokens of all prompts (default: only when stderr "
+                   "is a terminal and no text streams to a terminal on stdout)")
     g.set_defaults(func=cmd_generate)
 
     dm = sub.add_parser(
@@ -586,7 +609,7 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
-def _progress_bar(args: argparse.Namespace, streaming_to_stdout: bool):
+def _progress_bar(args: argparse.Namespace, streaming_to_stdout: bool, total: int | None = None):
     show = args.progress or (sys.stderr.isatty() and not (streaming_to_stdout and sys.stdout.isatty()))
     if not show:
         return None
@@ -594,7 +617,8 @@ def _progress_bar(args: argparse.Namespace, streaming_to_stdout: bool):
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover - tqdm comes with transformers
         return None
-    return tqdm(total=args.max_new_tokens, unit="tok", file=sys.stderr, leave=False, dynamic_ncols=True)
+    total = args.max_new_tokens if total is None else total
+    return tqdm(total=total, unit="tok", file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -634,11 +658,48 @@ def _draft_shape(args: argparse.Namespace) -> str:
     return "-"
 
 
-def _check_before_loading(args: argparse.Namespace, prompt: str) -> None:
+def _read_prompts(args: argparse.Namespace) -> list[str]:
+    """The --prompt texts, then the --prompts-file lines (stdin for '-', read once); UsageError when
+    there is none, when stdin is asked for twice, or for an unreadable or empty file."""
+    flags = list(args.prompt or [])
+    if not flags and args.prompts_file is None:
+        raise UsageError("no prompt: give --prompt TEXT (repeatable) or --prompts-file FILE")
+    if flags.count("-") + (args.prompts_file == "-") > 1:
+        raise UsageError("stdin can be read once: give '-' to only one --prompt or --prompts-file")
+    prompts = [sys.stdin.read() if p == "-" else p for p in flags]
+    if args.prompts_file is not None:
+        name = args.prompts_file
+        if name == "-":
+            text = sys.stdin.read()
+        else:
+            if os.path.isdir(name):
+                raise UsageError(f"--prompts-file {name!r}: not a file")
+            try:
+                with open(name, encoding="utf-8") as f:
+                    text = f.read()
+            except FileNotFoundError:
+                raise UsageError(f"--prompts-file {name!r}: no such file") from None
+            except (OSError, UnicodeDecodeError) as e:
+                raise UsageError(f"--prompts-file {name!r}: cannot read it ({_one_line(e)})") from None
+        lines = [line for line in text.splitlines() if line.strip()]
+        if not lines:
+            raise UsageError(f"--prompts-file {name!r} holds no prompt (it is empty or only blank lines): "
+                             "give one prompt per line")
+        prompts.extend(lines)
+    return prompts
+
+
+def _check_before_loading(args: argparse.Namespace, prompts: Sequence[str]) -> None:
     """What can be judged from the arguments alone, judged before a model is loaded (a target load
     takes seconds here and minutes for a 7B model); the decoder repeats these checks for the API."""
-    if not prompt.strip():
-        raise UsageError("--prompt is empty: give the text to continue (or '-' to read it from stdin)")
+    for i, prompt in enumerate(prompts):
+        if not prompt.strip():
+            which = f" (prompt {i + 1} of {len(prompts)})" if len(prompts) > 1 else ""
+            raise UsageError(f"--prompt is empty{which}: give the text to continue (or '-' to read it "
+                             "from stdin)")
+    if args.image and len(args.image) not in (1, len(prompts)):
+        raise UsageError(f"--image was given {len(args.image)} times for {len(prompts)} prompts: give one "
+                         "image (used for every prompt) or exactly one per prompt")
     if not 0 < args.top_p <= 1:
         raise UsageError(f"--top-p must be in (0, 1] (1 = off), got {args.top_p}")
     if args.top_k < 0:
@@ -716,15 +777,74 @@ def _model_kind(name: str) -> str | None:
     return "llava" if "vision_config" in conf else "text"
 
 
+def _pad_id(tokenizer, eos: int | None) -> int:
+    """The id that left-pads shorter prompts (masked out): the tokenizer's pad token, else the EOS id,
+    else 0."""
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is None:
+        pad = eos
+    return int(pad) if pad is not None else 0
+
+
+def batch_inputs(rows: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+    """build_inputs' single-prompt encodings as one batch: input_ids and attention_mask [B, P],
+    left-padded with ``pad_id`` (mask 0 on the padding), and the rows' pixel_values concatenated (when
+    every row has them)."""
+    import torch
+
+    ids = [r["input_ids"].reshape(-1) for r in rows]
+    masks = [r["attention_mask"].reshape(-1) if r.get("attention_mask") is not None
+             else torch.ones_like(i) for r, i in zip(rows, ids, strict=True)]
+    P = max(len(i) for i in ids)
+    input_ids = torch.full((len(ids), P), pad_id, dtype=ids[0].dtype)
+    attention_mask = torch.zeros((len(ids), P), dtype=masks[0].dtype)
+    for b, (i, m) in enumerate(zip(ids, masks, strict=True)):
+        input_ids[b, P - len(i):] = i
+        attention_mask[b, P - len(m):] = m
+    out: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+    pixels = [r.get("pixel_values") for r in rows]
+    if all(p is not None for p in pixels):
+        out["pixel_values"] = torch.cat(pixels, 0)
+    elif any(p is not None for p in pixels):  # pragma: no cover - --image is all or none
+        raise UsageError("either every prompt has an image or none has")
+    return out
+
+
+class _RowStreamers:
+    """The decoder's streamer for B > 1: ``(tokens, row)`` goes to row's TextStreamer."""
+
+    def __init__(self, streamers: Sequence[TextStreamer]) -> None:
+        self.streamers = list(streamers)
+
+    def __call__(self, new_ids: Sequence[int], row: int = 0) -> None:
+        self.streamers[row](new_ids)
+
+
+def _row_text(tokenizer, ids: Sequence[int], eos: int | None) -> str:
+    """A row's new tokens decoded, cut after its first EOS."""
+    ids = [int(t) for t in ids]
+    if eos is not None and eos in ids:
+        ids = ids[: ids.index(eos) + 1]
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def _prompt_label(prompt: str, width: int = 60) -> str:
+    line = _one_line(prompt)
+    return line if len(line) <= width else line[: width - 3].rstrip() + "..."
+
+
 def cmd_generate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     if args.method != "ar" and not args.drafter:
         raise UsageError(f"--drafter is required with --method {args.method}")
     if args.temperature < 0:
         raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    _check_before_loading(args, prompt)
+    prompts = _read_prompts(args)
+    _check_before_loading(args, prompts)
+    B = len(prompts)
     device = _resolve_device(args.device)
-    image = _open_image(args.image) if args.image else None  # before any model is loaded: fails fast
+    # before any model is loaded: fails fast (each file opened once, a repeated path shares its image)
+    opened = {path: _open_image(path) for path in dict.fromkeys(args.image)}
+    images = [opened[path] for path in args.image] * (B if len(args.image) == 1 else 1)
 
     if not args.download:
         _offline()
@@ -738,7 +858,7 @@ def cmd_generate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> in
     target_path = _resolve_named(args.target, "target")
     target = _load_model(specdec.load_target, "target", target_path, dtype, device)
     llava = _is_llava(target)
-    if image is not None and not llava:
+    if images and not llava:
         mt = getattr(getattr(target, "config", None), "model_type", None)
         raise UsageError(f"--image was given but the target {args.target!r} is a text-only model "
                          f"(model_type {mt!r}); images need a LLaVA target")
@@ -751,7 +871,12 @@ def cmd_generate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> in
         drafter_path = _resolve_named(args.drafter, "drafter")
         drafter = _load_model(specdec.load_drafter, "drafter", drafter_path, dtype, device)
 
-    inputs = build_inputs(args, prompt, processor, llava, image)
+    rows = [build_inputs(args, prompt, processor, llava, images[b] if images else None)
+            for b, prompt in enumerate(prompts)]
+    eos_known = _eos_id(tokenizer, target)
+    inputs = rows[0] if B == 1 else batch_inputs(rows, _pad_id(tokenizer, eos_known))
+    prompt_tokens = [int(r["attention_mask"].sum()) if r.get("attention_mask") is not None
+                     else int(r["input_ids"].numel()) for r in rows]
     tdev = next(target.parameters()).device
     input_ids = inputs["input_ids"].to(tdev)
     attention_mask = inputs.get("attention_mask")
@@ -769,10 +894,11 @@ def cmd_generate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> in
             raise
         raise UsageError(f"invalid policy argument: {_one_line(e)}") from None
 
-    eos = None if args.ignore_eos else _eos_id(tokenizer, target)
-    stream_out = None if args.json else stdout
-    bar = _progress_bar(args, streaming_to_stdout=stream_out is not None)
-    streamer = TextStreamer(tokenizer, stream_out, eos, bar)
+    eos = None if args.ignore_eos else eos_known
+    stream_out = None if (args.json or B > 1) else stdout  # several rows: printed after generation
+    bar = _progress_bar(args, streaming_to_stdout=stream_out is not None, total=args.max_new_tokens * B)
+    row_streamers = [TextStreamer(tokenizer, stream_out, eos, bar) for _ in range(B)]
+    streamer = row_streamers[0] if B == 1 else _RowStreamers(row_streamers)
     t0 = time.perf_counter()
     try:
         res = decoder.generate(input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
@@ -786,18 +912,27 @@ def cmd_generate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> in
             bar.close()
     wall = time.perf_counter() - t0
 
-    new_ids = res.sequences[0, input_ids.shape[1]:].tolist()
-    text = tokenizer.decode(new_ids, skip_special_tokens=True)
+    new_tokens = res.new_tokens or [res.sequences[b, input_ids.shape[1]:].tolist() for b in range(B)]
+    texts = [_row_text(tokenizer, ids, eos) for ids in new_tokens]
     stats = res.stats.as_dict() if hasattr(res.stats, "as_dict") else dict(vars(res.stats))
     stats.setdefault("wall_s", wall)
     if args.json:
         record = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
         record["device"] = device
-        stdout.write(json.dumps({"text": text, "stats": _jsonable(stats), "args": _jsonable(record)}) + "\n")
+        obj: dict[str, Any] = {"text": texts[0]} if B == 1 else {}
+        obj.update({"texts": texts, "stats": _jsonable(stats), "args": _jsonable(record)})
+        stdout.write(json.dumps(obj) + "\n")
         stdout.flush()
         return 0
-    streamer.finish(text)
-    header = {"method": args.method, "draft": _draft_shape(args), "prompt_tokens": int(input_ids.shape[1])}
+    header: dict[str, Any] = {"method": args.method, "draft": _draft_shape(args)}
+    if B == 1:
+        row_streamers[0].finish(texts[0])
+        header["prompt_tokens"] = prompt_tokens[0]
+    else:
+        for b, (prompt, text) in enumerate(zip(prompts, texts, strict=True)):
+            stdout.write(("\n" if b else "") + f"[{b + 1}/{B}] {_prompt_label(prompt)}\n{text}\n")
+        header["rows"] = B
+        header["prompt_tokens"] = ",".join(map(str, prompt_tokens))
     stdout.write("\n" + format_stats(stats, header) + "\n")
     stdout.flush()
     return 0

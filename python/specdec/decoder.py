@@ -7,26 +7,21 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 import torch
 from torch import nn
 
-import specdec_kernels as sk
 from specdec_kernels import policies as _policies
 
-from .drafting import Draft, Sampler, draft_chain, draft_tree
+from .adapter import SequenceCache
+from .drafting import Draft, Sampler
 from .hf_attention import language_model, use_tree_attention
-from .models import (
-    CompactLlavaDrafter,
-    SequenceCache,
-    count_parameters,
-    cut_output_vocab,
-    image_token_id,
-    is_multimodal,
-)
-from .prompt_lookup import NgramIndex, PromptLookup
+from .models import CompactLlavaDrafter, count_parameters, cut_output_vocab, image_token_id, is_multimodal
+from .prompt_lookup import PromptLookup
+from .strategies import AutoRegressive, Beam, Chain, Lookup, Round, Strategy, Tree
 
 #: Methods: "ar" target alone (the baseline); "sd" chain; "specinfer" i.i.d. tree; "rsd_c" Gumbel-Top-k
 #: tree (constant branching); "rsd_s" Stochastic Beam Search tree (width x depth).
@@ -41,22 +36,25 @@ VERIFY_RULES = ("token", "block")
 
 @dataclass
 class GenerationStats:
-    """What one generate call measured.
+    """What one generate call measured, over all its rows.
 
-    rounds: verification rounds (for "ar": tokens). target_calls: target forwards, prefill included.
-    drafted: drafted tokens (tree nodes) proposed; accepted: drafted tokens emitted. new_tokens:
-    tokens appended to the prompt. block_efficiency (tau): tokens emitted per round, before the
-    max_new_tokens / EOS cut. acceptance_rate: accepted / drafted depth (per round, a chain's K or a
-    tree's depth). draft_depth: mean drafted depth per round (gamma of MBSU). param_ratio (c):
-    drafter / target parameters. mbsu: tau / (c * draft_depth + 1), the memory-bound speed-up.
-    tokens_per_s: new_tokens / wall_s. Times in seconds: wall (after loading), draft (drafter
-    forwards and drafting ops), target (target forwards), verify (sampling_probs + verification
-    op), cache (rollback / compaction); forward_s: inside the forwards of both models (prefill
-    excluded); overhead_s: wall time of the rounds outside any model forward, per round;
-    target_forward_s: mean time of one target forward (prefill excluded); copied: drafted tokens
-    copied from the context (prompt lookup, alone or with ``lookup=``); verify: the decoder's chain
-    verification rule, "token" or "block" (``verify=``; "token" for "ar" and the tree methods). On
-    CUDA every timing point synchronises the device, which costs a little speed.
+    batch_size: rows (B). steps: batch rounds (one target forward each, for every row still
+    decoding). rounds: verification rounds summed over rows (for "ar": tokens). target_calls:
+    target forwards, prefill included. drafted: drafted tokens (tree nodes) proposed; accepted:
+    drafted tokens emitted. new_tokens: tokens appended to the prompts, all rows. block_efficiency
+    (tau): tokens emitted per row per round, before the max_new_tokens / EOS cut. acceptance_rate:
+    accepted / drafted depth (per round, a chain's K or a tree's depth). draft_depth: mean drafted
+    depth per row per round (gamma of MBSU). param_ratio (c): drafter / target parameters. mbsu:
+    tau / (c * draft_depth + 1), the memory-bound speed-up. tokens_per_s: new_tokens / wall_s
+    (all rows). Times in seconds: wall (after loading), and, when phases are timed (``timings``
+    of generate: by default on the CPU, where timing costs nothing; on CUDA every timing point
+    synchronises the device), draft (drafter forwards and drafting ops), target (target
+    forwards), verify (sampling_probs + verification op), cache (KV keep plans, compaction);
+    forward_s: inside the forwards of both models (prefill excluded); overhead_s: wall time of
+    the rounds outside any model forward, per step; target_forward_s: mean time of one target
+    forward (prefill excluded); copied: drafted tokens copied from the context (prompt lookup,
+    alone or with ``lookup=``); verify: the decoder's chain verification rule, "token" or
+    "block" (``verify=``; "token" for "ar" and the tree methods).
     """
 
     rounds: int = 0
@@ -81,6 +79,8 @@ class GenerationStats:
     target_forward_s: float = 0.0
     copied: int = 0
     verify: str = "token"
+    batch_size: int = 1
+    steps: int = 0
     emitted_per_round: list[int] = field(default_factory=list, repr=False)
 
     def as_dict(self) -> dict:
@@ -91,18 +91,53 @@ class GenerationStats:
 
 @dataclass
 class GenerationResult:
-    """sequences: int64 [1, prompt + new], the prompt included (as Hugging Face generate returns it);
-    stats: :class:`GenerationStats`."""
+    """sequences: int64 [B, P + T]: the input ids as given, then each row's new tokens, right-padded
+    with ``pad_token_id`` to the longest row's T (as Hugging Face generate returns them);
+    new_tokens: each row's generated tokens, without padding; stats: :class:`GenerationStats`."""
 
     sequences: torch.Tensor
     stats: GenerationStats
+    new_tokens: list[list[int]] = field(default_factory=list)
+
+
+@dataclass
+class RoundEvent:
+    """What an observer sees after each batch round (nothing is synchronised or copied for it
+    beyond what the round computed anyway).
+
+    rows: the batch row of each row still decoding this round, in the adapters' row order;
+    emitted / accepted / drafted: per row, the tokens it committed this round (after the EOS /
+    budget cut), its accepted drafts and its drafted tokens (tree nodes); committed: each row's
+    committed tokens so far (its prompt's real tokens, then its new tokens); target / drafter:
+    the adapters (:class:`specdec.adapter.SequenceCache`), read-only by convention.
+    """
+
+    round: int
+    rows: list[int]
+    emitted: list[list[int]]
+    accepted: list[int]
+    drafted: list[int]
+    committed: list[list[int]]
+    target: SequenceCache
+    drafter: SequenceCache | None
+
+
+class Observer(Protocol):
+    """Optional per-round callback of :meth:`SpeculativeDecoder.generate` (``observer=``)."""
+
+    def on_round(self, event: RoundEvent) -> None: ...
 
 
 class _Clock:
-    def __init__(self, device: torch.device) -> None:
-        self.sync = device.type == "cuda"
+    """Phase timing: perf_counter on the CPU; on CUDA a device sync first, so only when asked."""
+
+    def __init__(self, device: torch.device, enabled: bool) -> None:
+        self.enabled = enabled
+        self.sync = enabled and device.type == "cuda"
 
     def now(self) -> float:
+        if not self.enabled:
+            return 0.0
         if self.sync:
             torch.cuda.synchronize()
         return time.perf_counter()
@@ -287,43 +322,65 @@ class SpeculativeDecoder:
 
     # ------------------------------------------------------------------------------------------
 
-    def _check_inputs(self, input_ids, pixel_values, attention_mask):
+    def _strategy(self) -> Strategy:
+        """A fresh strategy object for this decoder's method (per generate call: it holds per-row
+        state such as a policy's thresholds)."""
+        if self.method == "ar":
+            return AutoRegressive()
+        if self.lookup is not None:
+            return Lookup(self.lookup, self.method == "sd", gamma=getattr(self, "gamma", 0),
+                          depth=self.depth or 0, branching=self.branching, width=self.width)
+        if self.method == "sd":
+            return Chain(self.gamma, self._make_policy, self.copy, self.lookup_gamma)
+        if self.method == "rsd_s":
+            return Beam(self.width, self.depth)
+        return Tree(self.branching, replacement=self.method == "specinfer")
+
+    # ------------------------------------------------------------------------------------------
+
+    def _check_inputs(self, input_ids, pixel_values, attention_mask) -> tuple[torch.Tensor, list[list[int]]]:
         if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.long, torch.int32):
-            raise ValueError("input_ids must be an int64 tensor [1, P]")
+            raise ValueError("input_ids must be an int64 tensor [B, P]")
         if input_ids.dim() == 1:
             input_ids = input_ids[None]
-        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
-            raise ValueError(f"input_ids must be [1, P] with P >= 1, got shape {list(input_ids.shape)}")
-        if input_ids.shape[0] != 1:
-            raise ValueError(
-                f"batch size must be 1 (input_ids has {input_ids.shape[0]} rows); batched "
-                "speculative decoding is not supported yet"
-            )
-        prompt = input_ids[0].tolist()
+        if input_ids.dim() != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids must be [B, P] with B, P >= 1, got shape {list(input_ids.shape)}")
+        B = input_ids.shape[0]
+        rows = input_ids.tolist()
         if attention_mask is not None:
             if not isinstance(attention_mask, torch.Tensor) or list(attention_mask.shape) != list(
                 input_ids.shape
             ):
-                raise ValueError(f"attention_mask must have the shape of input_ids {list(input_ids.shape)}")
-            keep = attention_mask[0].bool().tolist()
-            if not any(keep):
-                raise ValueError("attention_mask masks every prompt token")
-            prompt = [t for t, k in zip(prompt, keep, strict=True) if k]  # batch 1: padding is dropped
+                got = attention_mask.shape if isinstance(attention_mask, torch.Tensor) else attention_mask
+                raise ValueError(f"attention_mask must have the shape of input_ids {list(input_ids.shape)}, "
+                                 f"got {got!r}")
+            keep = attention_mask.bool().tolist()
+            for b in range(B):
+                if not any(keep[b]):
+                    raise ValueError(f"attention_mask masks every prompt token of row {b}")
+            # padding (left, as Hugging Face pads for generation, or anywhere) is dropped
+            rows = [[t for t, k in zip(r, m, strict=True) if k] for r, m in zip(rows, keep, strict=True)]
+        img = self.image_token_id
         if pixel_values is not None:
             if not self.multimodal:
                 raise ValueError("pixel_values were given but the target is a text-only model")
-            if self.image_token_id not in prompt:
-                raise ValueError(
-                    f"pixel_values were given but input_ids hold no image token "
-                    f"(id {self.image_token_id}); use the target's processor to build the prompt"
-                )
-        elif self.multimodal and self.image_token_id in prompt:
-            raise ValueError(
-                f"input_ids hold image tokens (id {self.image_token_id}) but pixel_values is None"
-            )
-        return input_ids, prompt
+            if not (isinstance(pixel_values, torch.Tensor) and pixel_values.dim() == 4
+                    and pixel_values.shape[0] == B):
+                got = list(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else pixel_values
+                raise ValueError(f"pixel_values must be [B, 3, H, W] with B = {B} (one image per row), "
+                                 f"got {got}")
+            for b, r in enumerate(rows):
+                if img not in r:
+                    raise ValueError(
+                        f"pixel_values were given but row {b} of input_ids holds no image token "
+                        f"(id {img}); use the target's processor to build the prompt"
+                    )
+        elif self.multimodal and any(img in r for r in rows):
+            raise ValueError(f"input_ids hold image tokens (id {img}) but pixel_values is None")
+        return input_ids, rows
 
-    def _prefill(self, target: SequenceCache, drafter: SequenceCache | None, prompt: list[int], pixel_values):
+    def _prefill(self, target: SequenceCache, drafter: SequenceCache | None, prompts: list[list[int]],
+                 pixel_values) -> None:
         feats: list[torch.Tensor] = []
         kw = {}
         hook = None
@@ -333,23 +390,30 @@ class SpeculativeDecoder:
                 proj = self.target.model.multi_modal_projector
                 hook = proj.register_forward_hook(lambda m, args, out: feats.append(args[0].detach()))
         try:
-            target.prefill(prompt, **kw)
+            target.prefill(prompts, **kw)
         finally:
             if hook is not None:
                 hook.remove()
         if drafter is None:
             return
         if isinstance(self.drafter, CompactLlavaDrafter):
-            drafter.prefill(prompt, image_features=feats[0] if feats else None)
+            drafter.prefill(prompts, **({"image_features": feats[0]} if feats else {}))
         else:
-            # the text-only drafter sees the prompt without its image tokens
-            dprompt = (
-                [t for t in prompt if t != self.image_token_id] if self.image_token_id is not None else prompt
-            )
-            if not dprompt:
-                bos = getattr(self.drafter.config, "bos_token_id", None)
-                dprompt = [int(bos) if isinstance(bos, int) else 0]
-            drafter.prefill(dprompt)
+            # the text-only drafter sees the prompts without their image tokens
+            img = self.image_token_id
+            bos = getattr(self.drafter.config, "bos_token_id", None)
+            dprompts = []
+            for p in prompts:
+                d = [t for t in p if t != img] if img is not None else p
+                dprompts.append(d or [int(bos) if isinstance(bos, int) else 0])
+            drafter.prefill(dprompts)
+
+    def _pad_id(self, model) -> int | None:
+        """A padding id for the rows of a forward: never the image token (LLaVA counts those)."""
+        if self.image_token_id is None:
+            return None
+        unk = getattr(model.config, "unk_token_id", None)
+        return next(t for t in (unk, 0, 1) if isinstance(t, int) and t >= 0 and t != self.image_token_id)
 
     @torch.no_grad()
     def generate(
@@ -357,270 +421,218 @@ class SpeculativeDecoder:
         input_ids: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        max_new_tokens: int = 128,
+        max_new_tokens: int | Sequence[int] = 128,
         temperature: float = 0.0,
         top_k: int = 0,
         top_p: float = 1.0,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
         eos_token_id: int | None = None,
-        streamer: Callable[[list[int]], None] | None = None,
+        streamer: Callable[..., None] | None = None,
+        *,
+        pad_token_id: int | None = None,
+        observer: Observer | None = None,
+        timings: bool | None = None,
     ) -> GenerationResult:
-        """Generate up to ``max_new_tokens`` tokens after ``input_ids``.
+        """Generate up to ``max_new_tokens`` tokens after each row of ``input_ids``.
+
+        Rows are decoded together: one drafter forward per draft step and one target forward per
+        round for all rows, each row with its own acceptance, KV length, budget, EOS and seed. A
+        row that finishes leaves the batch; no row waits for another.
 
         Args:
-            input_ids: int64 [1, P] (batch 1), image tokens expanded as the target's processor does.
-            pixel_values: [1, 3, H, W] for a LLaVA target with an image in the prompt.
-            attention_mask: [1, P] or None; masked (padding) tokens are dropped.
-            max_new_tokens: >= 1.
+            input_ids: int64 [B, P], image tokens expanded as the target's processor does; rows of
+                different lengths padded (left, as Hugging Face pads for generation) and masked.
+            pixel_values: [B, 3, H, W], one image per row, for a LLaVA target.
+            attention_mask: [B, P] or None; masked (padding) tokens are dropped.
+            max_new_tokens: >= 1, or one per row.
             temperature: 0 = greedy (equal to the target's greedy decoding); > 0 samples exactly from
                 the target's law after temperature, ``top_k`` (0 = off) and ``top_p`` (1 = off).
-            seed: makes a sampled run reproducible (None: drawn from torch's global generator).
-            eos_token_id: generation stops right after this token (None: no EOS stop).
-            streamer: called with the list of newly committed token ids after each round.
+            seed: makes a sampled run reproducible: an int (row b uses ``seed + b``) or one per row
+                (a row's tokens depend on its own seed only); None: drawn from torch's generator.
+            eos_token_id: a row stops right after this token (None: no EOS stop).
+            streamer: called after each round with the tokens a row committed: ``streamer(tokens)``
+                for B = 1, ``streamer(tokens, row)`` for B > 1.
+            pad_token_id: fills ``sequences`` past a row's end (default: ``eos_token_id``, else 0).
+            observer: ``observer.on_round(RoundEvent)`` after every round (see :class:`RoundEvent`).
+            timings: time the phases into the stats (default: on the CPU yes, on CUDA no, where
+                each timing point synchronises the device).
 
         Returns:
-            GenerationResult(sequences [1, P + new] int64, stats).
+            GenerationResult(sequences [B, P + T] int64, stats, new_tokens).
         """
-        input_ids, prompt = self._check_inputs(input_ids, pixel_values, attention_mask)
-        max_new_tokens = _positive_int(max_new_tokens, "max_new_tokens")
+        input_ids, prompts = self._check_inputs(input_ids, pixel_values, attention_mask)
+        B = len(prompts)
+        if isinstance(max_new_tokens, (list, tuple)):
+            if len(max_new_tokens) != B:
+                raise ValueError(f"max_new_tokens has {len(max_new_tokens)} entries for {B} rows")
+            budgets = [_positive_int(m, "max_new_tokens entries") for m in max_new_tokens]
+        else:
+            budgets = [_positive_int(max_new_tokens, "max_new_tokens")] * B
         if not isinstance(temperature, (int, float)) or temperature < 0:
             raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
             raise ValueError(f"top_k must be an int >= 0, got {top_k!r}")
         if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, (1,)).item())
-        elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-            raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
-
-        sampler = Sampler(temperature, top_k, top_p, seed)
+        seeds = self._row_seeds(seed, B)
+        for name, v in (("eos_token_id", eos_token_id), ("pad_token_id", pad_token_id)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+                raise ValueError(f"{name} must be an int or None, got {v!r}")
+        if streamer is not None and not callable(streamer):
+            raise ValueError("streamer must be callable")
+        if observer is not None and not callable(getattr(observer, "on_round", None)):
+            raise ValueError("observer must have an on_round(event) method")
+        pad = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
+        timed = (self._device.type != "cuda") if timings is None else bool(timings)
+        sampler = Sampler(temperature, top_k, top_p, seeds, self._device)
         with use_tree_attention(self.target) if self.fused else contextlib.nullcontext():
-            return self._generate(
-                input_ids, prompt, pixel_values, max_new_tokens, sampler, eos_token_id, streamer
-            )
+            out, stats = self._generate(prompts, pixel_values, budgets, sampler, eos_token_id, streamer,
+                                        observer, timed)
+        T = max(len(o) for o in out)
+        new = torch.full((B, T), pad, dtype=input_ids.dtype, device=input_ids.device)
+        for b, o in enumerate(out):
+            if o:
+                new[b, : len(o)] = torch.tensor(o, dtype=input_ids.dtype)
+        return GenerationResult(torch.cat([input_ids, new], 1), stats, out)
 
-    def _generate(
-        self, input_ids, prompt, pixel_values, max_new_tokens, sampler: Sampler, eos_token_id, streamer
-    ) -> GenerationResult:
-        stats = GenerationStats(param_ratio=self.param_ratio, verify=self.verify)
-        target = SequenceCache(self.target, fused_tree_attention=self.fused)
-        clock = _Clock(target.device)
-        t0 = clock.now()
-        vocab = None
+    @staticmethod
+    def _row_seeds(seed, B: int) -> list[int]:
+        if seed is None:
+            base = int(torch.randint(0, 2**62, (1,)).item())
+            return [(base + b) % 2**63 for b in range(B)]
+        if isinstance(seed, (list, tuple)):
+            if len(seed) != B:
+                raise ValueError(f"seed has {len(seed)} entries for {B} rows")
+            vals = list(seed)
+        else:
+            vals = [seed]
+        for v in vals:
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**63:
+                raise ValueError(f"seed must be an int in [0, 2**63) or one per row, got {seed!r}")
+        if len(vals) == 1 and not isinstance(seed, (list, tuple)):
+            return [(seed + b) % 2**63 for b in range(B)]
+        return vals
+
+    def _generate(self, prompts, pixel_values, budgets, sampler: Sampler, eos, streamer, observer, timed):
+        B = len(prompts)
+        stats = GenerationStats(param_ratio=self.param_ratio, verify=self.verify, batch_size=B)
+        clock = _Clock(self._device, timed)
+        t_wall = time.perf_counter()
+        target = SequenceCache(self.target, fused_tree_attention=self.fused, timed=timed,
+                               pad_id=self._pad_id(self.target))
         drafter = None
-        tp = clock.now()
         if self.drafter is not None and self.lookup is None:
             # the target's vocabulary: its output layer, not config.vocab_size (may be padded)
             out_emb = self.target.get_output_embeddings()
             vocab = out_emb.out_features if out_emb is not None else None
-            drafter = SequenceCache(self._draft_model, vocab)
-        self._prefill(target, drafter, prompt, pixel_values)
+            drafter = SequenceCache(self._draft_model, vocab, timed=timed, pad_id=self._pad_id(self.drafter))
+        tp = clock.now()
+        self._prefill(target, drafter, prompts, pixel_values)
         t_loop = clock.now()
         stats.target_s += t_loop - tp
-        t_pre, d_pre, prefill_calls = target.forward_s, drafter.forward_s if drafter else 0.0, target.calls
-        policy = self._make_policy() if self.method == "sd" and self.lookup is None else None
+        t_pre, d_pre = target.forward_s, drafter.forward_s if drafter else 0.0
+        pre_calls = target.calls
+        strategy = self._strategy()
+        strategy.begin(B, self._device)
 
-        out: list[int] = []
-        depth_sum = 0
-        # prompt lookup's n-gram index over the text (image placeholders left out: they repeat)
-        index = None
+        rows = list(range(B))
+        out: list[list[int]] = [[] for _ in range(B)]
+        committed = [list(p) for p in prompts]
+        remaining = list(budgets)
+        # prompt lookup's n-gram index over each row's text (image placeholders left out: they repeat)
         ngrams = self.lookup or self.copy
+        indices = None
         if ngrams is not None:
-            index = ngrams.index([t for t in prompt if t != self.image_token_id])
-        last = prompt[-1]
-        while len(out) < max_new_tokens:
-            remaining = max_new_tokens - len(out)
-            if self.method == "ar" or remaining == 1:
-                emitted = self._ar_step(target, drafter, sampler, stats, clock)
-                accepted = 0
-            else:
-                emitted, accepted, depth = self._spec_round(
-                    target, drafter, last, sampler, policy, stats, clock, remaining - 1, index
-                )
-                depth_sum += depth
-            stats.rounds += 1
-            stats.accepted += accepted
-            stats.emitted_per_round.append(len(emitted))
-            emitted = emitted[:remaining]
-            if eos_token_id is not None and eos_token_id in emitted:
-                emitted = emitted[: emitted.index(eos_token_id) + 1]
-                remaining = 0
-            out += emitted
-            last = out[-1]
-            if index is not None:
-                index.extend(emitted)
-            if streamer is not None:
-                streamer(list(emitted))
-            if remaining == 0 or (eos_token_id is not None and emitted[-1] == eos_token_id):
-                break
+            indices = [ngrams.index([t for t in p if t != self.image_token_id]) for p in prompts]
+        depth_sum = 0
+        step = 0
+        while rows:
+            t0 = clock.now()
+            rnd = Round(rows=list(rows), roots=[committed[r][-1] for r in rows],
+                        budgets=[remaining[r] - 1 for r in rows], sampler=sampler, drafter=drafter,
+                        indices=[indices[r] for r in rows] if indices is not None else None)
+            draft = strategy.draft(rnd)
+            t1 = clock.now()
+            stats.draft_s += t1 - t0
+            logits = self._target_logits(target, draft)
+            t2 = clock.now()
+            stats.target_s += t2 - t1
+            verdict = strategy.verify(draft, logits, sampler, rows, self.verify)
+            t3 = clock.now()
+            stats.verify_s += t3 - t2
+            target.keep(target.plan_keep(verdict.accepted_nodes, verdict.num_accepted),
+                        [t[-1:] for t in verdict.tokens])
+            if drafter is not None:
+                plan = drafter.plan_keep(verdict.accepted_nodes.to(drafter.device),
+                                         verdict.num_accepted.to(drafter.device))
+                kept = plan.num_kept.tolist()
+                drafter.keep(plan, [t[k:] for t, k in zip(verdict.tokens, kept, strict=True)])
+            strategy.observe(draft, verdict)
+            stats.cache_s += clock.now() - t3
+
+            step += 1
+            drafted = draft.num_drafted
+            emitted_rows: list[list[int]] = []
+            done: list[bool] = []
+            for i, r in enumerate(rows):
+                toks = verdict.tokens[i]
+                stats.rounds += 1
+                stats.accepted += len(verdict.nodes[i])
+                stats.drafted += drafted[i]
+                stats.copied += draft.copied[i] if draft.copied else 0
+                stats.emitted_per_round.append(len(toks))
+                depth_sum += draft.depth[i]
+                emitted = toks[: remaining[r]]
+                if eos is not None and eos in emitted:
+                    emitted = emitted[: emitted.index(eos) + 1]
+                out[r] += emitted
+                committed[r] += emitted
+                remaining[r] -= len(emitted)
+                if indices is not None:
+                    indices[r].extend(emitted)
+                if streamer is not None:
+                    streamer(list(emitted)) if B == 1 else streamer(list(emitted), r)
+                emitted_rows.append(emitted)
+                done.append(remaining[r] == 0 or (eos is not None and emitted[-1] == eos))
+            if observer is not None:
+                observer.on_round(RoundEvent(step, list(rows), emitted_rows, [len(x) for x in verdict.nodes],
+                                             drafted, [committed[r] for r in rows], target, drafter))
+            if any(done):
+                keep = [i for i in range(len(rows)) if not done[i]]
+                rows = [rows[i] for i in keep]
+                if keep:
+                    target.select_rows(keep)
+                    if drafter is not None:
+                        drafter.select_rows(keep)
+                    strategy.select_rows(keep)
 
         t_end = clock.now()
-        stats.wall_s = t_end - t0
+        stats.wall_s = time.perf_counter() - t_wall
+        stats.steps = step
         stats.forward_s = target.forward_s - t_pre + (drafter.forward_s - d_pre if drafter else 0.0)
-        stats.overhead_s = (t_end - t_loop - stats.forward_s) / max(stats.rounds, 1)
-        stats.target_forward_s = (target.forward_s - t_pre) / max(target.calls - prefill_calls, 1)
+        if timed:
+            stats.overhead_s = (t_end - t_loop - stats.forward_s) / max(step, 1)
+        stats.target_forward_s = (target.forward_s - t_pre) / max(target.calls - pre_calls, 1)
         stats.target_calls = target.calls
         stats.drafter_calls = drafter.calls if drafter is not None else 0
-        stats.new_tokens = len(out)
+        stats.new_tokens = sum(len(o) for o in out)
         stats.block_efficiency = sum(stats.emitted_per_round) / max(stats.rounds, 1)
         stats.draft_depth = depth_sum / max(stats.rounds, 1)
         stats.acceptance_rate = stats.accepted / depth_sum if depth_sum else 0.0
         stats.mbsu = stats.block_efficiency / (stats.param_ratio * stats.draft_depth + 1)
         stats.tokens_per_s = stats.new_tokens / stats.wall_s if stats.wall_s > 0 else 0.0
-        new = torch.tensor([out], dtype=input_ids.dtype, device=input_ids.device)
-        return GenerationResult(torch.cat([input_ids, new], 1), stats)
+        return out, stats
 
-    # ------------------------------------------------------------------------------------------
-
-    def _ar_step(
-        self,
-        target: SequenceCache,
-        drafter: SequenceCache | None,
-        sampler: Sampler,
-        stats: GenerationStats,
-        clock: _Clock,
-    ) -> list[int]:
-        """One target step (the "ar" method, and the last token of a budget)."""
-        t = clock.now()
-        row = target.logits_through()[-1]
-        t1 = clock.now()
-        stats.target_s += t1 - t
-        tok = int(row.argmax()) if sampler.greedy else int(sampler.draw(row[None], None, 1)[0, 0])
-        stats.verify_s += clock.now() - t1
-        target.pending = [tok]
-        if drafter is not None:
-            drafter.pending.append(tok)
-        return [tok]
-
-    def _spec_round(
-        self,
-        target: SequenceCache,
-        drafter: SequenceCache,
-        last: int,
-        sampler: Sampler,
-        policy,
-        stats: GenerationStats,
-        clock: _Clock,
-        budget: int,
-        index: NgramIndex | None = None,
-    ) -> tuple[list[int], int, int]:
-        """Draft (at most ``budget`` deep), verify in one target forward, keep the accepted path."""
-        t = clock.now()
-        chain = self.method == "sd"
-        copied = None
-        if self.copy is not None:
-            # the text so far repeats an n-gram of the context: copy what followed it (one-hot drafts;
-            # whether a round copies depends on the committed text only, so it stays exact) and
-            # leave the drafter idle; it catches up on the emitted tokens in its next forward
-            copied = self.copy.chain(index, min(self.lookup_gamma, budget)) or None
-        if copied is not None:
-            draft = Draft(
-                torch.tensor([[last, *copied]], dtype=torch.long, device=self._device),
-                torch.arange(-1, len(copied), dtype=torch.long, device=self._device)[None],
-                None, -1, 0, len(copied), copied=len(copied),
-            )  # fmt: skip
-        elif self.lookup is not None:
-            draft = self._lookup_draft(index, last, budget)
-            if draft is None:  # nothing to copy: one plain target step
-                stats.draft_s += clock.now() - t
-                return self._ar_step(target, None, sampler, stats, clock), 0, 0
-            chain = draft.depth == draft.num_drafted  # a trie with one path is a chain
-        elif chain:
-            copy = None
-            if self.copy is not None:
-                # ... or as soon as the drafted tokens complete a repeated n-gram
-                def copy(drafted: list[int]) -> list[int]:
-                    return self.copy.chain_after(
-                        index, drafted, min(self.lookup_gamma, budget - len(drafted))
-                    )
-
-            draft: Draft = draft_chain(drafter, last, sampler, policy, min(self.gamma, budget), copy)
-        else:
-            depth = min(self.depth, budget)
-            draft = draft_tree(
-                drafter,
-                last,
-                sampler,
-                branching=self.branching,
-                width=self.width,
-                depth=depth,
-                replacement=self.method == "specinfer",
-            )
-        t1 = clock.now()
-        stats.draft_s += t1 - t
-        stats.drafted += draft.num_drafted
-        stats.copied += draft.copied
-
-        root_t = target.root_slot()
-        if chain:
-            logits = target.logits_through(draft.tokens[0, 1:].tolist())
-        else:
-            logits = target.tree_logits(draft.tokens, draft.parents, 0, draft.tokens.shape[1])
-        t2 = clock.now()
-        stats.target_s += t2 - t1
-
-        K = draft.num_drafted
-        if chain:
-            d = draft.tokens[:, 1:]
-            if sampler.greedy:  # verify="block" too: block verification of one-hot targets is argmax
-                res = sk.verify_chain_greedy(d, logits[None], check=False)
-            else:
-                res = sk.verify_chain(
-                    d,
-                    sampler.probs(logits)[None],
-                    None if draft.q is None else draft.q[:, :K],
-                    seed=sampler.seed,
-                    offset=sampler.take(sk.VERIFY_CHAIN_OFFSET_STRIDE),
-                    rule=self.verify,
-                    check=False,
-                )
-            n = int(res.num_accepted[0])
-            nodes = list(range(1, n + 1))
-        else:
-            if sampler.greedy:
-                res = sk.verify_tree_greedy(draft.tokens, draft.parents, logits[None], check=False)
-            else:
-                res = sk.verify_tree(
-                    draft.tokens,
-                    draft.parents,
-                    sampler.probs(logits)[None],
-                    draft.q,
-                    replacement=self.method == "specinfer",
-                    seed=sampler.seed,
-                    offset=sampler.take(sk.VERIFY_TREE_OFFSET_STRIDE),
-                    check=False,
-                )
-            n = int(res.num_accepted[0])
-            nodes = res.accepted_nodes[0, :n].tolist()
-        toks = res.tokens[0, : n + 1].tolist()
-        t3 = clock.now()
-        stats.verify_s += t3 - t2
-
-        target.accept(root_t, K, nodes, toks[:n], toks[n], chain)
-        if copied is not None:
-            drafter.pending += toks  # the drafter catches up in its next forward
-        elif drafter is not None:
-            drafter.accept(draft.root, draft.forwarded, nodes, toks[:n], toks[n], chain)
-        if policy is not None and copied is None:
-            policy.update(n, K)
-        stats.cache_s += clock.now() - t3
-        return toks, n, draft.depth
-
-    def _lookup_draft(self, index: NgramIndex, last: int, budget: int) -> Draft | None:
-        """Prompt lookup's draft for this round: a chain for "sd", a trie for the tree methods
-        (None when the context holds no match)."""
-        if self.method == "sd":
-            toks = self.lookup.chain(index, min(self.gamma, budget))
-            if not toks:
-                return None
-            tokens, parents, depth = [last, *toks], list(range(-1, len(toks))), len(toks)
-        else:
-            tokens, parents, depth = self.lookup.tree(
-                index, min(self.depth, budget), branching=self.branching, width=self.width
-            )
-            if len(tokens) == 1:
-                return None
-        t_tok = torch.tensor([tokens], dtype=torch.long, device=self._device)
-        t_par = torch.tensor([parents], dtype=torch.long, device=self._device)
-        return Draft(t_tok, t_par, None, -1, 0, depth, copied=len(tokens) - 1)
+    @staticmethod
+    def _target_logits(target: SequenceCache, draft: Draft) -> torch.Tensor:
+        """The target's logits over the drafts: ``[B, N, V]``, row i's law after node j at [i, j]."""
+        trees = draft.trees
+        N = trees.tokens.shape[1]
+        if draft.chain:
+            counts = trees.num_nodes.tolist()
+            tok = trees.tokens.tolist()
+            logits, first = target.forward_chains([tok[i][1 : counts[i]] for i in range(len(counts))])
+            idx = torch.tensor([[min(f - 1 + j, logits.shape[1] - 1) for j in range(N)] for f in first],
+                               dtype=torch.long, device=logits.device)
+            return logits.gather(1, idx[:, :, None].expand(-1, -1, logits.shape[-1]))
+        return target.forward_tree(trees.tokens, trees.parents, trees.num_nodes, [0] * trees.tokens.shape[0])

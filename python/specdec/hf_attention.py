@@ -24,6 +24,9 @@ import specdec_kernels as sk
 NAME = "specdec_tree"
 #: forward kwarg that carries the packed tree mask down to the attention layers
 MASK_KWARG = "specdec_tree_mask"
+#: forward kwarg with each row's root slot (int32 [B]) when rows have their own cache lengths
+#: (specdec.adapter.RaggedKVCache): row b's tree entries are slots root[b] .. root[b] + N - 1
+ROOT_KWARG = "specdec_tree_root"
 
 
 def tree_attention_forward(
@@ -39,19 +42,28 @@ def tree_attention_forward(
 ):
     """AttentionInterface function: query [B, Hq, N, D], key/value [B, Hkv, L + N, D] (cache updated)."""
     tree_mask = kwargs.pop(MASK_KWARG, None)
+    roots = kwargs.pop(ROOT_KWARG, None)
     n = query.shape[2]
     past = key.shape[2] - n
     if tree_mask is not None:
         if dropout:
             raise ValueError("specdec_tree attention does not support dropout (use it in eval mode)")
-        lens = torch.full((query.shape[0],), past, dtype=torch.int32, device=query.device)
+        if roots is None:
+            lens = torch.full((query.shape[0],), past, dtype=torch.int32, device=query.device)
+            k_tree, v_tree = key[:, :, past:], value[:, :, past:]
+        else:
+            # rows of their own lengths: row b's tree entries start at its root slot
+            lens = roots
+            idx = (roots.long()[:, None] + torch.arange(n, device=key.device))[:, None, :, None]
+            k_tree = key.gather(2, idx.expand(-1, key.shape[1], -1, key.shape[3]))
+            v_tree = value.gather(2, idx.expand(-1, value.shape[1], -1, value.shape[3]))
         out = sk.tree_attention(
             query,
             key[:, :, :past],
             value[:, :, :past],
             lens,
-            key[:, :, past:],
-            value[:, :, past:],
+            k_tree,
+            v_tree,
             tree_mask,
             scale=scaling,
             check=False,

@@ -1,5 +1,5 @@
-"""Models for the decoder: loading targets and drafters, the compact LLaVA drafter, and a KV-cached view
-of one sequence through a model (what the speculative loop drafts from and verifies with).
+"""Models for the decoder: loading targets and drafters, the compact LLaVA drafter, and Hugging Face
+cache helpers (the KV-cached view of B sequences through a model is :mod:`specdec.adapter`).
 
 Nothing here downloads unless a hub name is given and the machine has network; every loader also
 takes a local directory written by ``save_pretrained``.
@@ -10,8 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import time
-from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -19,7 +17,7 @@ from torch import nn
 import specdec_kernels as sk
 
 from . import named_models
-from .hf_attention import MASK_KWARG
+from .adapter import SequenceCache  # noqa: F401  (re-exported: the model adapter lives in adapter.py)
 
 #: The file that marks a directory as a :class:`CompactLlavaDrafter`.
 COMPACT_DRAFTER_FILE = "specdec_drafter.json"
@@ -355,193 +353,3 @@ def _dtype(dtype) -> torch.dtype | None:
     if dtype not in names:
         raise ValueError(f"dtype must be one of {sorted(names)}, got {dtype!r}")
     return names[dtype]
-
-
-# ----------------------------------------------------------------------------------------------
-# One sequence through one model, with its KV cache
-# ----------------------------------------------------------------------------------------------
-
-
-class SequenceCache:
-    """The KV-cached state of one sequence (batch 1) in one model.
-
-    ``cache_len`` tokens have KV entries; ``pending`` are committed tokens not forwarded yet (the
-    correction/bonus token of the last round, plus accepted drafts the model never forwarded);
-    ``last_logits`` are the next-token logits after the cache when nothing is pending (right after
-    the prefill). Speculative tokens are forwarded on top of the cache and then rolled back
-    (:meth:`rollback`) or compacted (:meth:`compact`) to the accepted path, so the prefix is never
-    recomputed.
-
-    Token ids are the TARGET's: ``vocab_size`` is the target's vocabulary; the model's logits are
-    cut or padded with -inf to it (drafters with a different vocabulary: absent tokens get zero
-    draft probability), and ids the model has no embedding for are fed as ``unk_id``.
-    """
-
-    def __init__(
-        self, model: nn.Module, vocab_size: int | None = None, fused_tree_attention: bool = False
-    ) -> None:
-        self.model = model
-        self.vocab_size = vocab_size
-        # the model's attention runs specdec_hf_attention's "specdec_tree": whole-tree forwards pass
-        # the packed mask instead of a dense [1, 1, N, L + N] bias
-        self.fused = fused_tree_attention
-        emb = model.get_input_embeddings()
-        self.num_embeddings = emb.num_embeddings
-        unk = getattr(model.config, "unk_token_id", None)
-        self.unk_id = int(unk) if isinstance(unk, int) and 0 <= unk < self.num_embeddings else 0
-        # ids at or past the embedding table exist only when the token ids come from a larger
-        # vocabulary (a drafter's smaller table; a target whose output layer is wider than its
-        # input table): only then is every forward's max id read (a device sync on CUDA)
-        out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        widest = vocab_size or getattr(out, "out_features", None)
-        self._may_exceed = bool(self.num_embeddings) and (widest is None or widest > self.num_embeddings)
-        self.device = next(model.parameters()).device
-        self.dtype = next(model.parameters()).dtype
-        self.calls = 0
-        # time inside model forwards (seconds; CUDA is synchronised around each), so the decoder
-        # can report what a round spends outside them
-        self.forward_s = 0.0
-        self._sync = self.device.type == "cuda"
-        self._cache_kw = cache_kwarg(model)
-        self.reset()
-
-    def reset(self) -> None:
-        self.cache = _transformers().DynamicCache()
-        self.cache_len = 0
-        self.pending: list[int] = []
-        self.last_logits: torch.Tensor | None = None
-
-    # -- forwards --------------------------------------------------------------------------------
-
-    def _ids(self, tokens: Sequence[int]) -> torch.Tensor:
-        ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
-        if self._may_exceed and int(ids.max()) >= self.num_embeddings:
-            ids = torch.where(ids >= self.num_embeddings, torch.full_like(ids, self.unk_id), ids)
-        return ids
-
-    def _align(self, logits: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
-        V = self.vocab_size
-        if V is None or logits.shape[-1] == V:
-            return logits
-        if logits.shape[-1] > V:
-            return logits[..., :V]
-        pad = logits.new_full((*logits.shape[:-1], V - logits.shape[-1]), float("-inf"))
-        return torch.cat([logits, pad], -1)
-
-    def _forward(self, ids: torch.Tensor, *, keep_all: bool = True, **kw) -> torch.Tensor:
-        if self._sync:
-            torch.cuda.synchronize(self.device)
-        t = time.perf_counter()
-        out = self.model(
-            input_ids=ids,
-            **{self._cache_kw: self.cache},
-            use_cache=True,
-            logits_to_keep=0 if keep_all else 1,
-            **kw,
-        )
-        logits = self._align(out.logits[0])
-        if self._sync:
-            torch.cuda.synchronize(self.device)
-        self.forward_s += time.perf_counter() - t
-        self.calls += 1
-        self.cache_len += ids.shape[1]
-        return logits
-
-    def prefill(self, tokens: Sequence[int], **kw) -> torch.Tensor:
-        """Forward the prompt (with ``pixel_values`` / ``image_features`` in ``kw``); returns the
-        next-token logits [V] and keeps them as ``last_logits``."""
-        self.reset()
-        ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
-        if not isinstance(self.model, CompactLlavaDrafter) and "pixel_values" not in kw:
-            ids = self._ids(tokens)
-        self.last_logits = self._forward(ids, keep_all=False, **kw)[-1]
-        return self.last_logits
-
-    def logits_through(self, tokens: Sequence[int] = ()) -> torch.Tensor:
-        """Forward the pending tokens and ``tokens`` (causally, one call); returns the next-token
-        logits after the last committed token and after each of ``tokens``: [len(tokens) + 1, V]."""
-        inp = self.pending + list(tokens)
-        if not inp:
-            if self.last_logits is None:
-                raise RuntimeError("nothing is cached: call prefill first")
-            return self.last_logits[None]
-        out = self._forward(self._ids(inp))
-        if self.pending:
-            rows = out[len(self.pending) - 1 :]
-        else:
-            rows = torch.cat([self.last_logits[None], out])
-        self.pending = []
-        self.last_logits = out[-1]
-        return rows
-
-    def root_slot(self) -> int:
-        """The cache slot of the last committed token (the tree root) once it is forwarded."""
-        return self.cache_len + len(self.pending) - 1
-
-    def tree_logits(self, tokens: torch.Tensor, parents: torch.Tensor, start: int, end: int) -> torch.Tensor:
-        """Logits [end - start, V] of tree nodes ``start..end-1`` in one forward (tree attention).
-
-        Nodes ``0..start-1`` must already be in the cache right after the root's slot (node 0 is the
-        root, the last committed token); ``start == 0`` forwards the root too (it must be the only
-        pending token). ``tokens``/``parents`` are [1, >= end] in the tree format of specdec_kernels.
-        """
-        if start == 0:
-            if len(self.pending) > 1:  # forward what comes before the root causally first
-                self._forward(self._ids(self.pending[:-1]))
-                self.pending = self.pending[-1:]
-            if not self.pending:  # the root is cached already: its logits are last_logits
-                return torch.cat([self.last_logits[None], self.tree_logits(tokens, parents, 1, end)])
-            root = self.cache_len
-        else:
-            if self.pending:
-                raise RuntimeError("tree_logits(start > 0) needs the root and nodes < start cached")
-            root = self.cache_len - start
-        if end <= start:
-            return torch.empty(0, self.vocab_size or 0, device=self.device)
-        par = parents[:, :end]
-        pos = sk.tree_position_ids(par, root, check=False)[:, start:end]
-        if self.fused and start == 0 and end <= sk.TREE_ATTENTION_MAX_NODES:
-            mask = {MASK_KWARG: sk.tree_attention_mask(par, packed=True, check=False)}
-        else:
-            mask = {
-                "attention_mask": sk.tree_attention_bias(par, root, dtype=self.dtype, check=False)[
-                    :, :, start:end
-                ]
-            }
-        out = self._forward(self._ids(tokens[0, start:end].tolist()), position_ids=pos, **mask)
-        self.pending = []
-        self.last_logits = None
-        return out
-
-    # -- after verification ------------------------------------------------------------------------
-
-    def accept(
-        self,
-        root: int,
-        forwarded: int,
-        path_nodes: list[int],
-        path_tokens: list[int],
-        final: int,
-        chain: bool,
-    ) -> None:
-        """Keep the root and the accepted path, drop the rest, queue what is not cached.
-
-        ``root``: the root's slot; nodes ``1..forwarded`` sit at ``root + node`` (chain drafts are
-        nodes 1..K). ``path_nodes``/``path_tokens``: the accepted nodes in depth order; ``final``: the
-        correction or bonus token.
-        """
-        m = 0
-        while m < len(path_nodes) and path_nodes[m] <= forwarded:
-            m += 1
-        if not chain and m and path_nodes[:m] != list(range(1, m + 1)):
-            # compact_tree_kv reads [B, N] rows padded with -1 (at most N - 1 accepted nodes)
-            nodes = torch.tensor([path_nodes[:m] + [-1]], dtype=torch.long, device=self.device)
-            compact_tree_cache(self.cache, nodes, root, check=False)
-        self.crop(root + 1 + m)
-        self.pending = list(path_tokens[m:]) + [final]
-        self.last_logits = None
-
-    def crop(self, length: int) -> None:
-        crop_cache(self.cache, length)
-        self.cache_len = min(self.cache_len, length)

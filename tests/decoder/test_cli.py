@@ -1,7 +1,8 @@
 """The ``specdec`` command line (specdec.cli) end to end on tiny local models (cli_fixtures.py):
 every method prints text and stats, --json, LLaVA prompts with an image (chat template, prepended
-image token, explicit placeholder), streaming, greedy equality with the target's own generate, and
-one-line errors with exit status 2. The CLI runs in-process through ``cli.main`` except for one
+image token, explicit placeholder), streaming, greedy equality with the target's own generate, several
+prompts batched in one call (each row's text equal to its single-prompt run), and one-line errors with
+exit status 2. The CLI runs in-process through ``cli.main`` except for one
 ``python -m specdec`` subprocess."""
 
 from __future__ import annotations
@@ -36,11 +37,15 @@ def paths(tmp_path_factory) -> dict[str, str]:
     llava = F.save_llava(root)
     compact = F.save_compact_drafter(root, llava)
     png = F.write_png(os.path.join(root, "picture.png"))
+    png2 = F.write_png(os.path.join(root, "tall.png"), size=(9, 16))
     fake = os.path.join(root, "x.png")
     with open(fake, "w") as f:
         f.write("this is not an image\n")
+    blank = os.path.join(root, "blank_prompts.txt")
+    with open(blank, "w") as f:
+        f.write("\n   \n\n")
     return {"target": target, "drafter": drafter, "llava": llava, "compact": compact, "png": png,
-            "fake_png": fake, "root": root}
+            "png2": png2, "fake_png": fake, "blank_prompts": blank, "root": root}
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -69,10 +74,10 @@ def test_help_version_and_no_command(capsys):
     assert rc == 0 and "generate" in out
     rc, out, _ = run(capsys, "generate", "--help")
     assert rc == 0
-    for opt in ("--target", "--drafter", "--image", "--prompt", "--method", "--width", "--depth", "--gamma",
-                "--branching", "--policy", "--lam", "--temperature", "--top-k", "--top-p", "--seed",
-                "--max-new-tokens", "--dtype", "--device", "--no-chat-template", "--json", "--ignore-eos",
-                "--progress"):
+    for opt in ("--target", "--drafter", "--image", "--prompt", "--prompts-file", "--method", "--width",
+                "--depth", "--gamma", "--branching", "--policy", "--lam", "--temperature", "--top-k",
+                "--top-p", "--seed", "--max-new-tokens", "--dtype", "--device", "--no-chat-template",
+                "--json", "--ignore-eos", "--progress"):
         assert opt in out, opt
     rc, out, _ = run(capsys, "--version")
     assert rc == 0 and out.startswith("specdec ")
@@ -120,8 +125,8 @@ def test_json_output(capsys, paths, monkeypatch):
     assert rc == 0, err
     assert out.count("\n") == 1  # one object, nothing streamed
     obj = json.loads(out)
-    assert set(obj) == {"text", "stats", "args"}
-    assert isinstance(obj["text"], str) and obj["text"]
+    assert set(obj) == {"text", "texts", "stats", "args"}
+    assert isinstance(obj["text"], str) and obj["text"] and obj["texts"] == [obj["text"]]
     for k in STATS_KEYS:
         assert k in obj["stats"], k
     assert 1 <= obj["stats"]["new_tokens"] <= 8
@@ -209,6 +214,120 @@ def test_greedy_equals_target_generate(capsys, paths, method):
 
 
 # ----------------------------------------------------------------------------------------------
+# several prompts: one batch
+
+
+PROMPTS = [PROMPT, "hello world , where is the big red dog ? the dog was", "a"]  # 6, 13 and 2 tokens
+
+
+def texts_of(capsys, argv: list[str]) -> list[str]:
+    rc, out, err = run(capsys, *argv, "--json")
+    assert rc == 0, err
+    return json.loads(out)["texts"]
+
+
+def single_texts(capsys, make, prompts, *extra: str, seeds=None) -> list[str]:
+    """Each prompt decoded alone (with its row's seed) by the argv ``make(prompt, seed)`` builds."""
+    return [texts_of(capsys, make(p, None if seeds is None else seeds[i]) + list(extra))[0]
+            for i, p in enumerate(prompts)]
+
+
+@pytest.mark.parametrize("ignore_eos", [False, True])
+def test_prompts_batched_equal_single_runs_greedy(capsys, paths, tmp_path, ignore_eos):
+    """--prompt and --prompts-file (flags first, blank lines skipped), rows of different lengths
+    left-padded: each row's greedy text equals the prompt decoded alone."""
+    extra = ["--method", "sd", "--gamma", "3", "--temperature", "0", "--max-new-tokens", "12"]
+    extra += ["--ignore-eos"] if ignore_eos else []
+    pfile = tmp_path / "prompts.txt"
+    pfile.write_text(f"{PROMPTS[1]}\n\n  \n{PROMPTS[2]}\n")
+    argv = text_args(paths, *extra) + ["--prompts-file", str(pfile)]  # text_args gives --prompt PROMPT
+    rc, out, err = run(capsys, *argv, "--json")
+    assert rc == 0, err
+    obj = json.loads(out)
+    assert set(obj) == {"texts", "stats", "args"}  # no "text" for several prompts
+    assert obj["args"]["prompt"] == [PROMPT] and obj["args"]["prompts_file"] == str(pfile)
+    texts = obj["texts"]
+    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+
+    def alone(prompt, seed):
+        argv = text_args(paths, *extra)
+        argv[argv.index(PROMPT)] = prompt
+        return argv
+
+    assert texts == single_texts(capsys, alone, PROMPTS)
+    if ignore_eos:
+        assert obj["stats"]["new_tokens"] == 3 * 12
+
+
+def test_prompts_batched_sampled_rows_use_seed_plus_row(capsys, paths):
+    extra = ["--method", "rsd_s", "--width", "2", "--depth", "2", "--temperature", "0.7",
+             "--max-new-tokens", "8", "--ignore-eos"]
+    texts = texts_of(capsys, text_args(paths, *extra, "--seed", "3", "--prompt", PROMPTS[1]))
+
+    def alone(prompt, seed):
+        argv = text_args(paths, *extra, "--seed", str(seed))
+        argv[argv.index(PROMPT)] = prompt
+        return argv
+
+    assert texts == single_texts(capsys, alone, PROMPTS[:2], seeds=[3, 4])
+
+
+def test_prompts_batched_text_output(capsys, paths):
+    long = "the big red dog sat on the mat in the box under the old tree near the sea and the sky ."
+    rc, out, err = run(capsys, *text_args(paths, "--method", "sd", "--temperature", "0", "--max-new-tokens",
+                                          "6", "--ignore-eos", "--prompt", long))
+    assert rc == 0, err
+    blocks = out.rstrip("\n").split("\n\n")
+    assert len(blocks) == 3  # two prompts' blocks, then the table
+    head0, text0 = blocks[0].split("\n")
+    head1, text1 = blocks[1].split("\n")
+    assert head0 == f"[1/2] {PROMPT}"
+    assert head1.startswith("[2/2] the big red dog") and head1.endswith("...") and len(head1) < 75
+    assert text0.strip() and text1.strip()
+    table = stats_table(out)
+    assert table["rows"] == "2" and table["new_tokens"] == "12"
+    assert table["prompt_tokens"] == f"6,{len(long.split()) + 1}"
+
+
+def test_batch_inputs_left_pads_and_masks():
+    rows = [{"input_ids": torch.tensor([[1, 7, 8]]), "attention_mask": torch.ones(1, 3, dtype=torch.long),
+             "pixel_values": torch.zeros(1, 3, 8, 8)},
+            {"input_ids": torch.tensor([[1, 9]]), "attention_mask": None,
+             "pixel_values": torch.ones(1, 3, 8, 8)}]
+    out = cli.batch_inputs(rows, pad_id=4)
+    assert out["input_ids"].tolist() == [[1, 7, 8], [4, 1, 9]]
+    assert out["attention_mask"].tolist() == [[1, 1, 1], [0, 1, 1]]
+    assert out["pixel_values"].shape == (2, 3, 8, 8) and out["pixel_values"][1].eq(1).all()
+
+    class Tok:
+        pad_token_id = None
+
+    assert cli._pad_id(Tok(), 2) == 2 and cli._pad_id(Tok(), None) == 0
+    Tok.pad_token_id = 4
+    assert cli._pad_id(Tok(), 2) == 4
+
+
+def test_llava_batch_with_two_images(capsys, paths):
+    """One image per prompt (different sizes: the processor resizes both to 8x8), and one image shared
+    by every prompt: each row equals its prompt and image decoded alone (greedy)."""
+    prompts = ["what is this ?", "describe the picture ."]
+    extra = ["--temperature", "0", "--json"]
+    argv = llava_args(paths, "--image", paths["png"], "--image", paths["png2"], "--prompt", prompts[1],
+                      *extra, prompt=prompts[0])
+    rc, out, err = run(capsys, *argv)
+    assert rc == 0, err
+    texts = json.loads(out)["texts"]
+    alone = [texts_of(capsys, llava_args(paths, "--image", img, "--temperature", "0", prompt=p))[0]
+             for p, img in zip(prompts, (paths["png"], paths["png2"]), strict=True)]
+    assert texts == alone
+    shared = texts_of(capsys, llava_args(paths, "--image", paths["png"], "--prompt", prompts[1],
+                                         "--temperature", "0", prompt=prompts[0]))
+    assert shared[0] == alone[0]
+    assert shared[1] == texts_of(capsys, llava_args(paths, "--image", paths["png"], "--temperature", "0",
+                                                    prompt=prompts[1]))[0]
+
+
+# ----------------------------------------------------------------------------------------------
 # LLaVA target
 
 
@@ -266,6 +385,10 @@ def test_progress_bar_on_request(capsys, paths):
                                           "--progress"))
     assert rc == 0
     assert "0/4" in err and "tok/s" in err  # drawn (leave=False clears it at the end)
+    rc, out, err = run(capsys, *text_args(paths, "--method", "ar", "--max-new-tokens", "4", "--ignore-eos",
+                                          "--progress", "--prompt", "hello"))
+    assert rc == 0
+    assert "0/8" in err  # the tokens of both rows
 
 
 # ----------------------------------------------------------------------------------------------
@@ -297,7 +420,17 @@ ERRORS = {
     "bad-top-p": (lambda p: text_args(p, "--top-p", "0", "--max-new-tokens", "2"), ["--top-p"]),
     "top-p-above-1": (lambda p: text_args(p, "--top-p", "1.5"), ["--top-p", "1.5"]),
     "bad-top-k": (lambda p: text_args(p, "--top-k", "-1"), ["--top-k"]),
-    "empty-prompt": (lambda p: text_args(p) + ["--prompt", "  "], ["--prompt", "empty"]),
+    "empty-prompt": (lambda p: text_args(p) + ["--prompt", "  "], ["--prompt", "empty", "prompt 2 of 2"]),
+    "no-prompt": (lambda p: ["generate", "--target", p["target"], "--drafter", p["drafter"]],
+                  ["--prompt", "--prompts-file"]),
+    "blank-prompts-file": (lambda p: text_args(p) + ["--prompts-file", p["blank_prompts"]],
+                           ["--prompts-file", "blank_prompts.txt", "no prompt"]),
+    "missing-prompts-file": (lambda p: text_args(p) + ["--prompts-file", p["root"] + "/nope.txt"],
+                             ["--prompts-file", "nope.txt", "no such file"]),
+    "stdin-twice": (lambda p: text_args(p) + ["--prompt", "-", "--prompts-file", "-"], ["stdin", "once"]),
+    "image-count-mismatch": (lambda p: llava_args(p, "--prompt", "hi", "--prompt", "yes", "--image", p["png"],
+                                                  "--image", p["png"]),
+                             ["--image", "2 times for 3 prompts", "one per prompt"]),
     "specinfer-without-branching": (lambda p: text_args(p, "--method", "specinfer"),
                                     ["--branching", "specinfer"]),
     "rsd_s-without-depth": (lambda p: text_args(p, "--method", "rsd_s", "--width", "2"),
@@ -336,7 +469,8 @@ BEFORE_LOADING = ["missing-target", "missing-drafter", "bad-top-p", "top-p-above
                   "rsd_s-without-depth", "policy-on-tree", "lookup-on-tree", "lookup-on-lookup",
                   "folder-not-a-model", "hub-name-not-cached", "drafter-hub-name-not-cached",
                   "image-to-text-target",
-                  "image-to-named-text-target"]
+                  "image-to-named-text-target", "no-prompt", "blank-prompts-file", "missing-prompts-file",
+                  "stdin-twice", "image-count-mismatch"]
 
 
 @pytest.mark.parametrize("case", BEFORE_LOADING)

@@ -128,11 +128,17 @@ def test_sampling_passes_rule_block(rules, name):
     assert res.stats.verify == "token" and rules and set(rules) == {"token"}, rules
 
 
-def test_tree_lookup_chains_keep_the_token_rule(rules):
-    """A tree method whose prompt-lookup trie is a single path verifies it as a chain: token rule."""
+def test_tree_lookup_tries_keep_the_token_rule(rules, monkeypatch):
+    """A tree method's prompt-lookup tries (single paths included) go through verify_tree, never
+    through the block rule of chains."""
+    trees: list[str] = []
+    real = sk.verify_tree
+    monkeypatch.setattr(sk, "verify_tree",
+                        lambda *a, **k: trees.append(k.get("rule", "token")) or real(*a, **k))
     dec = specdec.SpeculativeDecoder(tm.law_target(), PromptLookup(), method="rsd_c", branching=(1, 1))
     res = dec.generate(torch.tensor([REPEAT_PROMPT]), max_new_tokens=8, temperature=1.0, seed=0)
-    assert res.stats.verify == "token" and rules and set(rules) == {"token"}, rules
+    assert res.stats.verify == "token" and not rules and trees and set(trees) == {"token"}, (rules, trees)
+    assert res.stats.copied > 0
 
 
 def test_one_draft_block_equals_token_bit_for_bit():

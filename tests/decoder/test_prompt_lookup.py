@@ -237,30 +237,44 @@ def test_lookup_beside_drafter_greedy_equals_hf(llama_ref, min_ngram, policy):
     assert_same(res, ref.eos_out, ref, "lookup beside drafter, eos")
 
 
-def test_draft_chain_appends_a_copy_as_point_masses():
-    from specdec.drafting import Sampler, draft_chain
-    from specdec.models import SequenceCache
+def test_draft_chains_append_a_copy_as_point_masses():
+    from specdec.adapter import SequenceCache
+    from specdec.drafting import Sampler, draft_chains
 
     from specdec_kernels.policies import StaticLength
 
+    P = tm.GREEDY_PROMPT
     dc = SequenceCache(tm.greedy_drafter())
-    dc.prefill(tm.GREEDY_PROMPT)
+    dc.prefill([P, P[:4]])
     calls = []
 
-    def copy(drafted):
-        calls.append(list(drafted))
-        return [5, 6] if len(drafted) == 2 else []
+    def copy(i, drafted):
+        calls.append((i, list(drafted)))
+        return [5, 6] if i == 0 and len(drafted) == 2 else []
 
-    d = draft_chain(dc, tm.GREEDY_PROMPT[-1], Sampler(1.0, 0, 1.0, seed=3), StaticLength(6), 6, copy)
-    assert [len(c) for c in calls] == [1, 2]  # asked after each drafted token, until a copy came
-    assert d.tokens[0, 3:].tolist() == [5, 6] and d.num_drafted == 4 and d.copied == 2
-    assert d.forwarded == 1  # x1 went through the drafter; x2 and the copy are not in its cache
+    d = draft_chains(dc, [P[-1], P[3]], [0, 1], Sampler(1.0, 0, 1.0, [3, 4]), StaticLength(6), [6, 6], None,
+                     copy)
+    # asked after each drafted token of each row, until row 0's copy came
+    assert [len(c) for i, c in calls if i == 0] == [1, 2]
+    assert [len(c) for i, c in calls if i == 1] == [1, 2, 3, 4, 5, 6]
+    assert d.trees.tokens[0, 3:5].tolist() == [5, 6] and d.num_drafted == [4, 6] and d.copied == [2, 0]
+    # row 0: x1 went through the drafter; x2 and the copy are not in its cache. Row 1: all but x6
+    assert dc.tentative == [1, 5]
     q = d.q[0]
-    assert q.shape == (4, tm.GREEDY_VOCAB)
+    assert d.q.shape == (2, 6, tm.GREEDY_VOCAB)
     onehot = torch.nn.functional.one_hot(torch.tensor([5, 6]), tm.GREEDY_VOCAB).float()
-    torch.testing.assert_close(q[2:], onehot)
+    torch.testing.assert_close(q[2:4], onehot)
     assert (q[:2] < 1).all() and torch.allclose(q[:2].sum(-1), torch.ones(2))  # the drafter's laws
+    assert (d.q[1] < 1).all() and torch.allclose(d.q[1].sum(-1), torch.ones(6))
     # greedy: no laws at all; a copy offered at once ends the chain after one drafted token
-    d = draft_chain(dc, d.tokens[0, -1].item(), Sampler(0.0, 0, 1.0, seed=3), StaticLength(6), 6,
-                    lambda drafted: [7, 7, 7])  # fmt: skip
-    assert d.q is None and d.num_drafted == 4 and d.copied == 3
+    dc.prefill([P])
+    d = draft_chains(dc, [P[-1]], [0], Sampler(0.0, 0, 1.0, [3]), StaticLength(6), [6], None,
+                     lambda i, drafted: [7, 7, 7])  # fmt: skip
+    assert d.q is None and d.num_drafted == [4] and d.copied == [3]
+    # a row given a copy up front drafts nothing from the model (one-hot rows when sampling)
+    dc.prefill([P, P])
+    d = draft_chains(dc, [P[-1]] * 2, [0, 1], Sampler(1.0, 0, 1.0, [3, 4]), StaticLength(3), [3, 3],
+                     [[9, 9], None])
+    assert d.trees.tokens[0, 1:3].tolist() == [9, 9] and d.num_drafted == [2, 3] and d.copied == [2, 0]
+    nines = torch.nn.functional.one_hot(torch.tensor([9, 9]), tm.GREEDY_VOCAB).float()
+    torch.testing.assert_close(d.q[0, :2], nines)
