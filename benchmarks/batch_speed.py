@@ -35,6 +35,8 @@ SYSTEMS = {
     "sd_v16k": ("ours", {"method": "sd", "gamma": 3, "draft_vocab": 16384}),
     "sd_lookup_v16k": ("ours", {"method": "sd", "gamma": 3, "draft_vocab": 16384, "lookup_min_ngram": 2}),
     "rsd_s": ("ours", {"method": "rsd_s", "width": 3, "depth": 3}),
+    # the fused tree attention forced (the decoder's "auto" picks the dense mask on the CPU)
+    "rsd_s_fused": ("ours", {"method": "rsd_s", "width": 3, "depth": 3, "tree_attention": "fused"}),
     "lookup": ("ours", {"method": "sd", "gamma": 10, "drafter": "lookup"}),
 }
 DEFAULT_SYSTEMS = ("hf", "ar", "sd_v16k", "rsd_s")

@@ -118,9 +118,10 @@ class _RaggedLayer:
             self.keys[:, :, w : w + n] = k
             self.values[:, :, w : w + n] = v
         else:
-            idx = o.write_index  # [B, 1, n, 1]: row b writes at its own slots
-            self.keys.scatter_(2, idx.expand(-1, k.shape[1], -1, k.shape[3]), k)
-            self.values.scatter_(2, idx.expand(-1, v.shape[1], -1, v.shape[3]), v)
+            # row b writes at its own slots: one index_put over the [B, slot] plane of a [B, S, H, D]
+            # view (about 10x a scatter_ of the expanded [B, H, n, D] index on the CPU)
+            self.keys.transpose(1, 2).index_put_(o.write_index, k.transpose(1, 2))
+            self.values.transpose(1, 2).index_put_(o.write_index, v.transpose(1, 2))
         return self.keys[:, :, : o.width], self.values[:, :, : o.width]
 
     def get_seq_length(self) -> int:
@@ -157,7 +158,7 @@ class RaggedKVCache:
         self.layers: list[_RaggedLayer] = []
         self.layer_class_to_replicate = None
         self.offloading = False
-        self.write_index: torch.Tensor | None = None
+        self.write_index: tuple[torch.Tensor, torch.Tensor] | None = None
         self.uniform_write: int | None = None
         self.write_end = 0
         self.width = 0
@@ -168,7 +169,8 @@ class RaggedKVCache:
         self.uniform_write = first if all(w == first for w in write_at) else None
         if self.uniform_write is None:
             base = torch.tensor(list(write_at), dtype=torch.long, device=device)
-            self.write_index = (base[:, None] + torch.arange(n, device=device))[:, None, :, None]
+            rows = torch.arange(len(write_at), device=device)[:, None].expand(-1, n)
+            self.write_index = (rows, base[:, None] + torch.arange(n, device=device))
         self.write_end = max(write_at) + n
         self.width = self.write_end
 

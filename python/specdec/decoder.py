@@ -169,9 +169,10 @@ class SpeculativeDecoder:
             the head, which dominates a small drafter's step at a large vocabulary. Other tokens get
             draft probability 0, so the output keeps the target's law; it pays where ids are in
             frequency order (BPE merges): see docs/real_model.md.
-        tree_attention: "auto" (default: "fused" where the target supports it), "fused" (verify
-            trees with :func:`specdec_kernels.tree_attention` inside the target: no dense mask) or
-            "bias" (a dense additive mask through the target's own attention).
+        tree_attention: "auto" (default: "fused" for a CUDA target that supports it, else "bias"),
+            "fused" (verify trees with :func:`specdec_kernels.tree_attention` inside the target: no
+            dense mask) or "bias" (a dense additive mask through the target's own attention; on the
+            CPU the faster of the two in the decoder, see benchmarks/batch_speed.py).
         policy: "static", "adaedl" or "confidence" (chains only); ``policy_kwargs`` go to
             :class:`specdec_kernels.policies.AdaEDL` / ``MaxConfidence`` (e.g. ``lam=0.5``; AdaEDL's
             entropy coefficient ``gamma`` is ``entropy_gamma`` here, as ``gamma`` is the chain length).
@@ -230,8 +231,13 @@ class SpeculativeDecoder:
         # fused: the whole-tree verification forward runs specdec_kernels.tree_attention inside the
         # target (no dense mask); bias: a dense additive [1, 1, N, L + N] mask through the model's own
         # attention. Chains and the drafter's level-by-level forwards never need the fused path.
+        # "auto" fuses on CUDA only: on the CPU the dense mask through SDPA measured faster in the
+        # decoder (one SDPA call per layer against the fused op's per-row flash calls and merge:
+        # SmolLM2-135M rsd_s W3 L3, target forward 27 vs 33 ms at B = 1 and 54 vs 69 ms at B = 8;
+        # benchmarks/batch_speed.py's rsd_s_fused row)
+        on_cuda = next(target.parameters()).device.type == "cuda"
         self.fused = (
-            tree_attention != "bias"
+            (tree_attention == "fused" or (tree_attention == "auto" and on_cuda))
             and method in ("specinfer", "rsd_c", "rsd_s")
             and language_model(target) is not None
         )

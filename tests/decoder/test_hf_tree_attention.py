@@ -104,8 +104,8 @@ def test_decoder_fused_equals_bias_and_passes_no_dense_mask(monkeypatch, kw, tem
         return orig(*args, **kwargs)
 
     monkeypatch.setattr(target, "forward", forward)
-    fused = specdec.SpeculativeDecoder(target, drafter, **kw).generate(ids, max_new_tokens=20,
-                                                                        temperature=temperature, seed=1)
+    fused = specdec.SpeculativeDecoder(target, drafter, tree_attention="fused", **kw).generate(
+        ids, max_new_tokens=20, temperature=temperature, seed=1)
     assert target.config._attn_implementation == "sdpa"
     tree_calls = [c for c in calls if c["tree"]]
     # every round after the first verifies the whole tree (root pending) in one fused forward
