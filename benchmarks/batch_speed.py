@@ -11,8 +11,9 @@ left padding is the baseline a user would otherwise run (its assisted generation
     python benchmarks/batch_speed.py --markdown benchmarks/results/batch-speed-...-summary.csv
 
 Writes PREFIX.csv (one row per (repetition, system, temperature, batch size), appended as each
-finishes) and PREFIX-summary.csv (medians over repetitions, and the ratio to B = 1 of the same
-system and temperature); PREFIX defaults to benchmarks/results/batch-speed-<cpu>-<date>-<commit>.
+finishes), PREFIX-summary.csv (medians over repetitions, and the ratio to B = 1 of the same
+system and temperature) and PREFIX.png (the chart; ``--replot SUMMARY_CSV`` redraws it); PREFIX
+defaults to benchmarks/results/batch-speed-<cpu>-<date>-<commit>.
 No EOS stop: every row generates exactly --max-new-tokens tokens, so each batch size does the
 same work.
 """
@@ -112,7 +113,7 @@ def run(args) -> str:
     temps = [float(t) for t in args.temperatures.split(",")]
     commit = git_commit()
     prefix = args.out or os.path.join(
-        HERE, "results", f"batch-speed-{slug(cpu_name().split(' ')[0] + f' {os.cpu_count()} cpus')}-"
+        HERE, "results", f"batch-speed-{slug(' '.join(cpu_name().split()[:2]) + f' {os.cpu_count()} cpus')}-"
         f"{time.strftime('%Y-%m-%d')}-{commit}")
     os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
     meta = dict(zip(META, [time.strftime("%Y-%m-%d"), commit, cpu_name(), torch.__version__,
@@ -152,6 +153,7 @@ def run(args) -> str:
                         print(f"rep {rep} T={temp:g} B={B} {s}: {row['tokens_per_s']} tok/s "
                               f"(tau {row['block_efficiency']}, {steps} steps)", flush=True)
     summary(rows, prefix + "-summary.csv")
+    chart(prefix + "-summary.csv", prefix + ".png")
     print(markdown(prefix + "-summary.csv"))
     return prefix
 
@@ -175,6 +177,56 @@ def summary(rows: list[dict], path: str) -> None:
         w = csv.DictWriter(f, fieldnames=list(out[0]))
         w.writeheader()
         w.writerows(out)
+
+
+def chart(summary_csv: str, path: str) -> None:
+    """Horizontal bars of total tokens/s, one panel per temperature, one group of bars per system
+    (one bar per batch size); pillow only."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    with open(summary_csv, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    try:
+        font, big = ImageFont.load_default(size=13), ImageFont.load_default(size=15)
+    except TypeError:  # pillow < 10.1
+        font = big = ImageFont.load_default()
+    temps = list(dict.fromkeys(r["temperature"] for r in rows))
+    systems = list(dict.fromkeys(r["system"] for r in rows))
+    sizes = sorted({int(r["batch_size"]) for r in rows})
+    shades = [(150, 190, 230), (70, 130, 200), (20, 60, 140), (10, 30, 80)]
+    cell = {(r["system"], r["temperature"], int(r["batch_size"])): float(r["median_tokens_per_s"])
+            for r in rows}
+    hi = max(cell.values())
+    bar_h, left, bar_w, top = 13, 120, 520, 60
+    group_h = bar_h * len(sizes) + 8
+    height = top + len(temps) * (30 + group_h * len(systems) + 10)
+    img = Image.new("RGB", (left + bar_w + 90, height), "white")
+    d = ImageDraw.Draw(img)
+    r0 = rows[0]
+    d.text((10, 8), f"Total tokens/s by batch size: SmolLM2-135M, {r0['cpu']}, {r0['threads']} threads, "
+                    f"{r0['dtype']}", font=big, fill="black")
+    x = 10
+    for b, col in zip(sizes, shades, strict=False):
+        d.rectangle((x, 36, x + 12, 48), fill=col)
+        d.text((x + 17, 35), f"B = {b}", font=font, fill="black")
+        x += 80
+    y = top
+    for t in temps:
+        d.text((10, y + 5), f"temperature {float(t):g}", font=big, fill="black")
+        y += 30
+        for s in systems:
+            d.text((10, y + group_h // 2 - 10), s, font=font, fill="black")
+            for j, (b, col) in enumerate(zip(sizes, shades, strict=False)):
+                v = cell.get((s, t, b))
+                if v is None:
+                    continue
+                by = y + j * bar_h
+                bx = left + int(v / hi * bar_w)
+                d.rectangle((left, by, max(bx, left + 1), by + bar_h - 2), fill=col)
+                d.text((bx + 5, by - 1), f"{v:.0f}", font=font, fill="black")
+            y += group_h
+        y += 10
+    img.save(path)
 
 
 def markdown(summary_csv: str) -> str:
@@ -218,9 +270,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--out", default=None, help="output prefix (default under benchmarks/results/)")
     ap.add_argument("--markdown", metavar="SUMMARY_CSV", help="print the README table of a summary file")
+    ap.add_argument("--replot", metavar="SUMMARY_CSV", help="redraw the chart (SUMMARY_CSV minus -summary.csv"
+                    " plus .png)")
     args = ap.parse_args(argv)
     if args.markdown:
         print(markdown(args.markdown))
+        return 0
+    if args.replot:
+        chart(args.replot, args.replot.removesuffix("-summary.csv") + ".png")
         return 0
     run(args)
     return 0

@@ -317,3 +317,27 @@ def test_draft_vocab_probe_smoke(tmp_path):
     assert [int(r["draft_vocab"]) for r in rows] == [16384, 49152]  # capped at the vocabulary
     for r in rows:
         assert 0 <= float(r["greedy_agreement"]) <= 1 and float(r["median_step_ms"]) > 0
+
+
+@needs_smollm2
+@pytest.mark.slow
+def test_batch_speed_smoke(tmp_path):
+    """benchmarks/batch_speed.py end to end at a tiny size: rows, summary, chart and table agree."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
+    import csv
+
+    import batch_speed
+
+    prefix = str(tmp_path / "bs")
+    argv = ["--prompts", "2", "--batch-sizes", "1,2", "--max-new-tokens", "3", "--repeats", "1",
+            "--temperatures", "0", "--systems", "hf,ar,sd_v16k", "--threads", "1", "--out", prefix]
+    assert batch_speed.main(argv) == 0
+    rows = list(csv.DictReader(open(prefix + ".csv")))
+    assert [(r["system"], r["batch_size"]) for r in rows] == [
+        (s, b) for b in ("1", "2") for s in ("hf", "ar", "sd_v16k")]
+    assert all(int(r["new_tokens"]) == 2 * 3 and float(r["tokens_per_s"]) > 0 for r in rows)
+    summary = list(csv.DictReader(open(prefix + "-summary.csv")))
+    assert {r["ratio_vs_b1"] for r in summary if r["batch_size"] == "1"} == {"1.0"}
+    assert os.path.getsize(prefix + ".png") > 1000
+    table = batch_speed.markdown(prefix + "-summary.csv")
+    assert "| sd_v16k | 0 |" in table and "B=2" in table
