@@ -34,10 +34,8 @@ import numpy as np
 import pytest
 import tiny_models as tm
 import torch
-from transformers import DynamicCache
 
 specdec = pytest.importorskip("specdec")
-from specdec.models import cache_kv_tensors, cache_kwarg  # noqa: E402
 
 N_REF = 20  # tokens of every reference greedy output
 BUDGETS = [16, 12, 20, 14]  # per-row max_new_tokens (<= N_REF)
@@ -102,29 +100,6 @@ def pick_eos(refs: list[list[int]], budgets: list[int]) -> int:
             if full and t != PAD:
                 return t
     raise AssertionError(f"no EOS candidate in {refs}")
-
-
-@torch.no_grad()
-def fresh_kv(
-    model, tokens: list[int], pixel_values=None, prompt_len: int = 0
-) -> list[tuple[torch.Tensor, ...]]:
-    """Per layer, (keys [H, L, D], values [H, L, D]) of a fresh prefill of ``tokens`` alone (LLaVA:
-    the image features go to the image tokens of the first ``prompt_len`` positions only; a
-    generated image token id is an ordinary token, as in generation)."""
-    cache = DynamicCache(config=model.config)
-    ids = torch.tensor([tokens])
-    if pixel_values is None:
-        model(input_ids=ids, **{cache_kwarg(model): cache}, use_cache=True)
-    else:
-        emb = model.get_input_embeddings()(ids).clone()
-        feats = torch.cat(list(model.get_image_features(pixel_values=pixel_values).pooler_output), 0)
-        img = model.config.image_token_index
-        where = [t for t in range(min(prompt_len, len(tokens))) if tokens[t] == img]
-        for k, t in enumerate(where):
-            emb[0, t] = feats[k]
-        model(inputs_embeds=emb, **{cache_kwarg(model): cache}, use_cache=True)
-    t = cache_kv_tensors(cache)
-    return [(t[2 * layer][0], t[2 * layer + 1][0]) for layer in range(len(t) // 2)]
 
 
 def collector():
@@ -574,9 +549,9 @@ class CacheChecker:
                 if committed[:L] + pending != committed:
                     self.errors.append(f"{where}: lens {L} + pending {pending} != committed {committed}")
                 if self.batch is None:
-                    want = fresh_kv(self.models[name], committed[:L])
+                    want = tm.fresh_kv(self.models[name], committed[:L])
                 else:
-                    want = fresh_kv(self.models[name], committed[:L], self.batch.row_pixels(r),
+                    want = tm.fresh_kv(self.models[name], committed[:L], self.batch.row_pixels(r),
                                     len(self.batch.prompts[r]))  # fmt: skip
                 got = sc.kv(i)
                 if len(got) != len(want):

@@ -1,9 +1,9 @@
 """What the decoder feeds each model, KV-cache consistency, reproducibility, vocabulary alignment,
 the compact LLaVA drafter, and bad inputs.
 
-The KV-cache checks observe the target through a wrapper of its ``forward``: before every call, the
-key/value entries the target's ``DynamicCache`` holds for the committed prefix must equal those of
-a fresh prefill of that prefix (every layer: deeper layers' keys depend on the whole context, so a
+The KV-cache checks observe the target through the decoder's observer: after every round, the
+key/value entries the target's cache holds for the committed prefix must equal those of a fresh
+prefill of that prefix (every layer: deeper layers' keys depend on the whole context, so a
 slot holding the KV of a rejected sibling, a stale entry or a wrong position shows up here even
 when the greedy output happens to survive it).
 """
@@ -13,10 +13,8 @@ from __future__ import annotations
 import pytest
 import tiny_models as tm
 import torch
-from transformers import DynamicCache
 
 specdec = pytest.importorskip("specdec")
-from specdec.models import cache_kwarg  # noqa: E402  (past_key_values warns from transformers 5.2x on)
 
 N_NEW = 40
 
@@ -51,25 +49,6 @@ class Recorder:
         monkeypatch.setattr(model, "forward", forward)
 
 
-def _fresh_keys(model, seq: list[int], length: int, pixel_values=None, prompt_len: int = 0):
-    """Per layer, the keys [1, H, length, D] of a fresh prefill of seq[:length] (LLaVA: image
-    features scattered into the prompt's image tokens only)."""
-    cache = DynamicCache(config=model.config)
-    ids = torch.tensor([seq[:length]])
-    with torch.no_grad():
-        if pixel_values is None:
-            model(input_ids=ids, **{cache_kwarg(model): cache}, use_cache=True)
-        else:
-            emb = model.get_input_embeddings()(ids).clone()
-            feats = torch.cat(list(model.get_image_features(pixel_values=pixel_values).pooler_output), 0)
-            img = model.config.image_token_index
-            where = [t for t in range(min(prompt_len, length)) if seq[t] == img]
-            for k, t in enumerate(where):
-                emb[0, t] = feats[k]
-            model(inputs_embeds=emb, **{cache_kwarg(model): cache}, use_cache=True)
-    return [layer.keys for layer in cache.layers]
-
-
 class CacheCheck:
     """Observer: after every round, the target's cached keys of row 0 equal a fresh prefill of its
     committed tokens (as many as it has entries for)."""
@@ -82,10 +61,10 @@ class CacheCheck:
     def on_round(self, ev) -> None:
         L = ev.target.lens[0]
         seq = ev.committed[0]
-        fresh = _fresh_keys(self.model, seq, L, self.pv, self.prompt_len)
+        fresh = tm.fresh_kv(self.model, seq[:L], self.pv, self.prompt_len)
         bad = set()
-        for (got, _), want in zip(ev.target.kv(0), fresh, strict=True):
-            err = (got - want[0, :, :L]).abs().amax(dim=(0, 2))
+        for (got, _), (want, _) in zip(ev.target.kv(0), fresh, strict=True):
+            err = (got - want).abs().amax(dim=(0, 2))
             bad |= set((err > 1e-4).nonzero().flatten().tolist())
         assert not bad, (
             f"{self.label}: after round {ev.round} the KV cache (length {L}) differs from a fresh prefill "

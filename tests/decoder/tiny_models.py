@@ -33,9 +33,11 @@ import tempfile
 from dataclasses import dataclass
 
 import torch
+from specdec.models import cache_kv_tensors, cache_kwarg
 from transformers import (
     AutoModelForCausalLM,
     CLIPVisionConfig,
+    DynamicCache,
     LlamaConfig,
     LlamaForCausalLM,
     LlavaConfig,
@@ -393,3 +395,26 @@ def greedy_compact_drafter():
 @functools.cache
 def law_compact_drafter():
     return _compact("law_compact", law_llava_drafter(), law_llava())
+
+
+@torch.no_grad()
+def fresh_kv(
+    model, tokens: list[int], pixel_values=None, prompt_len: int = 0
+) -> list[tuple[torch.Tensor, ...]]:
+    """Per layer, (keys [H, L, D], values [H, L, D]) of a fresh prefill of ``tokens`` alone (LLaVA:
+    the image features go to the image tokens of the first ``prompt_len`` positions only; a
+    generated image token id is an ordinary token, as in generation)."""
+    cache = DynamicCache(config=model.config)
+    ids = torch.tensor([tokens])
+    if pixel_values is None:
+        model(input_ids=ids, **{cache_kwarg(model): cache}, use_cache=True)
+    else:
+        emb = model.get_input_embeddings()(ids).clone()
+        feats = torch.cat(list(model.get_image_features(pixel_values=pixel_values).pooler_output), 0)
+        img = model.config.image_token_index
+        where = [t for t in range(min(prompt_len, len(tokens))) if tokens[t] == img]
+        for k, t in enumerate(where):
+            emb[0, t] = feats[k]
+        model(inputs_embeds=emb, **{cache_kwarg(model): cache}, use_cache=True)
+    t = cache_kv_tensors(cache)
+    return [(t[2 * layer][0], t[2 * layer + 1][0]) for layer in range(len(t) // 2)]
