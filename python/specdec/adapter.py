@@ -15,6 +15,7 @@ the implementation for Hugging Face models (transformers 5.x ``Cache`` API, 4-D 
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
@@ -71,10 +72,13 @@ class ModelAdapter(Protocol):
 # ----------------------------------------------------------------------------------------------
 
 
-def _cache_base():
+@functools.cache
+def _ragged_cache_class() -> type:
+    """RaggedKVCache with transformers' ``Cache`` as a base (made once, on first use: the module
+    imports without transformers); models check ``isinstance(cache, Cache)``."""
     from transformers.cache_utils import Cache
 
-    return Cache
+    return type("RaggedKVCache", (RaggedKVCache, Cache), {})
 
 
 class _RaggedLayer:
@@ -148,10 +152,8 @@ class RaggedKVCache:
     """
 
     def __new__(cls, *args, **kwargs):
-        # subclass transformers' Cache lazily (the module imports without transformers)
-        base = _cache_base()
-        if not issubclass(cls, base):
-            cls = type("RaggedKVCache", (RaggedKVCache, base), {})
+        if cls is RaggedKVCache:
+            cls = _ragged_cache_class()
         return object.__new__(cls)
 
     def __init__(self) -> None:

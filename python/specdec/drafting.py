@@ -52,22 +52,25 @@ class Sampler:
                               top_p=self.top_p, check=False)
         return p.reshape(shape)
 
-    def streams(self, rows: Sequence[int], stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def streams(self, rows: Sequence[int], stride: int, device: torch.device | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """(seed [R], offset [R]) for one call drawing for ``rows`` (batch rows, repeats allowed:
-        each occurrence gets the next ``stride`` draws of its row)."""
+        each occurrence gets the next ``stride`` draws of its row), on ``device`` (default: the
+        sampler's)."""
         offs = []
         for r in rows:
             offs.append(self.offsets[r])
             self.offsets[r] += stride
-        seed = torch.tensor([self.seeds[r] for r in rows], dtype=torch.long, device=self.device)
-        return seed, torch.tensor(offs, dtype=torch.long, device=self.device)
+        dev = self.device if device is None else device
+        seed = torch.tensor([self.seeds[r] for r in rows], dtype=torch.long, device=dev)
+        return seed, torch.tensor(offs, dtype=torch.long, device=dev)
 
     def draw(self, logits: torch.Tensor, rows: Sequence[int], k: int, probs: torch.Tensor | None = None
              ) -> torch.Tensor:
         """k distinct tokens per logits row [R, V] (row r drafts for batch row ``rows[r]``), drawn
         without replacement from its sampling law; ``probs`` (``self.probs(logits)``) is needed only
         with top-k / top-p. -1 where a row has fewer than k tokens of positive probability."""
-        seed, off = self.streams(rows, sk.GUMBEL_OFFSET_STRIDE)
+        seed, off = self.streams(rows, sk.GUMBEL_OFFSET_STRIDE, logits.device)
         if self.plain:
             return sk.gumbel_topk(logits, k, temperature=self.temperature, seed=seed, offset=off,
                                   check=False).tokens
@@ -320,7 +323,7 @@ def _beam_level(logits, q, live, phi, G, width: int, sampler: Sampler, rows):
         tok = torch.where(ok, best.indices % V, torch.full_like(best.indices, -1))
         beam = torch.where(ok, best.indices // V, torch.full_like(best.indices, -1))
         return tok, beam, best.values, torch.zeros_like(best.values)
-    seed, off = sampler.streams(list(rows), sk.GUMBEL_OFFSET_STRIDE)
+    seed, off = sampler.streams(list(rows), sk.GUMBEL_OFFSET_STRIDE, logits.device)
     # the beam step normalises its rows itself (log_softmax(logits / T))
     step = sk.stochastic_beam_step(
         logits if sampler.plain else torch.log(q),

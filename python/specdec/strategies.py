@@ -88,11 +88,13 @@ def verify_draft(draft: Draft, logits: torch.Tensor, sampler: Sampler, rows: Seq
                  rule: str = "token", replacement: bool = False) -> Verdict:
     """Verify B drafts against the target's logits (chains with verify_chain, trees with
     verify_tree; greedy with their argmax rules) in one op call."""
-    trees = draft.trees
-    B = trees.tokens.shape[0]
-    N = trees.tokens.shape[1]
+    N = draft.trees.tokens.shape[1]
     logits = logits[:, :N]
     dev = logits.device
+    # drafts live where the drafter ran; verification runs where the target's logits are
+    trees = Trees(*(t.to(dev) for t in draft.trees))
+    q = None if draft.q is None else draft.q.to(dev)
+    B = trees.tokens.shape[0]
     if N == 1:  # nothing drafted anywhere: one target step per row
         row = logits[:, 0]
         if sampler.greedy:
@@ -110,8 +112,8 @@ def verify_draft(draft: Draft, logits: torch.Tensor, sampler: Sampler, rows: Seq
         if sampler.greedy:  # rule "block" too: block verification of one-hot targets is argmax
             res = sk.verify_chain_greedy(d, logits, num_draft=K, check=False)
         else:
-            seed, off = sampler.streams(list(rows), sk.VERIFY_CHAIN_OFFSET_STRIDE)
-            res = sk.verify_chain(d, sampler.probs(logits), draft.q, num_draft=K, seed=seed, offset=off,
+            seed, off = sampler.streams(list(rows), sk.VERIFY_CHAIN_OFFSET_STRIDE, dev)
+            res = sk.verify_chain(d, sampler.probs(logits), q, num_draft=K, seed=seed, offset=off,
                                   rule=rule, check=False)
         n = res.num_accepted
         # [B, N] like a tree's (node indices < N, -1 padded): the chain's nodes 1..n
@@ -121,8 +123,8 @@ def verify_draft(draft: Draft, logits: torch.Tensor, sampler: Sampler, rows: Seq
         if sampler.greedy:
             res = sk.verify_tree_greedy(trees.tokens, trees.parents, logits, num_nodes=num, check=False)
         else:
-            seed, off = sampler.streams(list(rows), sk.VERIFY_TREE_OFFSET_STRIDE)
-            res = sk.verify_tree(trees.tokens, trees.parents, sampler.probs(logits), draft.q, num_nodes=num,
+            seed, off = sampler.streams(list(rows), sk.VERIFY_TREE_OFFSET_STRIDE, dev)
+            res = sk.verify_tree(trees.tokens, trees.parents, sampler.probs(logits), q, num_nodes=num,
                                  replacement=replacement, seed=seed, offset=off, check=False)
         n = res.num_accepted
         acc_nodes = res.accepted_nodes
