@@ -638,6 +638,9 @@ class SpeculativeDecoder:
             counts = trees.num_nodes.tolist()
             tok = trees.tokens.tolist()
             logits, first = target.forward_chains([tok[i][1 : counts[i]] for i in range(len(counts))])
+            f0 = first[0]
+            if all(f == f0 for f in first) and f0 - 1 + N <= logits.shape[1]:
+                return logits[:, f0 - 1 : f0 - 1 + N]  # a view: no copy of [B, N, V]
             idx = torch.tensor([[min(f - 1 + j, logits.shape[1] - 1) for j in range(N)] for f in first],
                                dtype=torch.long, device=logits.device)
             return logits.gather(1, idx[:, :, None].expand(-1, -1, logits.shape[-1]))

@@ -176,8 +176,11 @@ def draft_chains(
             picks = row.argmax(-1).tolist()
             drawn = {i: picks[i] for i in act}
         else:
-            idx = torch.tensor(act, dtype=torch.long, device=dev)
-            t = sampler.draw(row[idx], [rows[i] for i in act], 1, q[idx])[:, 0].tolist()
+            if len(act) == B:  # every row draws: no gather of [B, V] rows
+                t = sampler.draw(row, list(rows), 1, q)[:, 0].tolist()
+            else:
+                idx = torch.tensor(act, dtype=torch.long, device=dev)
+                t = sampler.draw(row[idx], [rows[i] for i in act], 1, q[idx])[:, 0].tolist()
             drawn = dict(zip(act, t, strict=True))
             step_q.append(q)
         nxt: list[list[int]] = [[] for _ in range(B)]
