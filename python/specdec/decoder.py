@@ -1,7 +1,10 @@
 """The speculative decoder: draft, verify the whole chain or tree in ONE target forward, roll back or
-compact both KV caches, repeat (docs/algorithms.md §1-4, 6, 8, 9). Exact for every method: the emitted
-tokens follow the target's law under the requested temperature / top-k / top-p, and at temperature 0
-they equal the target's greedy decoding."""
+compact both KV caches, repeat (docs/algorithms.md §1-4, 6, 8, 9), for a batch of B rows at once
+(docs/batching.md). Exact for every method: the emitted tokens follow the target's law under the
+requested temperature / top-k / top-p, and at temperature 0 they equal the target's greedy decoding.
+
+The loop is method-agnostic: a strategy (specdec.strategies) drafts and verifies, the model adapters
+(specdec.adapter) forward and keep the KV entries, specdec.plans says which entries stay."""
 
 from __future__ import annotations
 
@@ -150,7 +153,8 @@ def _positive_int(v, name: str) -> int:
 
 
 class SpeculativeDecoder:
-    """Exact speculative decoding of a Hugging Face target (LLaVA or causal LM) with a drafter.
+    """Exact speculative decoding of a Hugging Face target (LLaVA or causal LM) with a drafter, for one
+    prompt or a batch (:meth:`generate`).
 
     Args:
         target: ``LlavaForConditionalGeneration`` or any causal LM (see :func:`specdec.load_target`).
