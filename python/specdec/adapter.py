@@ -371,8 +371,16 @@ class SequenceCache:
                                keep_all=keep, **kw)
         at = torch.searchsorted(keep, last)
         rows = logits[torch.arange(B, device=self.device), at]
-        self.root_logits: list[torch.Tensor | None] = list(rows)
+        self.root_logits = list(rows)
         self.lens = [len(p) for p in prompts]
+
+    def _stored_roots(self, caller: str, shift: list[int]) -> torch.Tensor:
+        """[B, 1, V]: the stored root logits, when no row has anything to forward (no model call)."""
+        if not all(shift):
+            raise ValueError(f"{caller}: no row has anything to forward")
+        out = torch.stack(self.root_logits)[:, None]
+        self.root_logits = [None] * self.batch_size
+        return out
 
     def _with_roots(self, logits: torch.Tensor, shift: list[int]) -> torch.Tensor:
         """Put the stored root logits in front of the rows that had them (``shift[i] == 1``)."""
@@ -401,11 +409,7 @@ class SequenceCache:
         first = [len(p) if p else s for p, s in zip(self.pending, shift, strict=True)]
         n = max(len(r) for r in rows)
         if n == 0:
-            if not all(shift):
-                raise ValueError("forward_chains: no row has anything to forward")
-            out = torch.stack([self.root_logits[i] for i in range(B)])[:, None]
-            self.root_logits = [None] * B
-            return out, first
+            return self._stored_roots("forward_chains", shift), first
         write = [self.lens[i] + self.tentative[i] for i in range(B)]
         w = torch.tensor(write, dtype=torch.long, device=self.device)
         pos = w[:, None] + torch.arange(n, device=self.device)
@@ -444,11 +448,7 @@ class SequenceCache:
                  for i in range(B)]
         eff = [1 if shift[i] else start[i] for i in range(B)]
         if not any(eff[i] < counts[i] for i in range(B)):  # nothing to forward: roots only
-            if not all(shift):
-                raise ValueError("forward_tree: no row has a node to forward")
-            out = torch.stack(self.root_logits)[:, None]
-            self.root_logits = [None] * B
-            return out
+            return self._stored_roots("forward_tree", shift)
         roots = self.root_slots()
         rows: list[list[int]] = []
         write: list[int] = []

@@ -236,9 +236,9 @@ class SpeculativeDecoder:
         # target (no dense mask); bias: a dense additive [1, 1, N, L + N] mask through the model's own
         # attention. Chains and the drafter's level-by-level forwards never need the fused path.
         # "auto" fuses on CUDA only: on the CPU the dense mask through SDPA measured faster in the
-        # decoder (one SDPA call per layer against the fused op's per-row flash calls and merge:
-        # SmolLM2-135M rsd_s W3 L3, target forward 27 vs 33 ms at B = 1 and 54 vs 69 ms at B = 8;
-        # benchmarks/batch_speed.py's rsd_s_fused row)
+        # decoder (one SDPA call per layer against the fused op's per-row flash calls and merge):
+        # SmolLM2-135M rsd_s W3 L3 fused was 2-12% slower at B = 1 and 17-19% at B = 8
+        # (benchmarks/results/batch-speed-amd-epyc-2-cpus-2026-12-07-0d089f6-summary.csv)
         on_cuda = next(target.parameters()).device.type == "cuda"
         self.fused = (
             (tree_attention == "fused" or (tree_attention == "auto" and on_cuda))

@@ -61,7 +61,8 @@ class Strategy:
     """Base: ``draft`` and ``verify`` for one method. ``chain`` strategies are verified as chains."""
 
     name = "strategy"
-    needs_drafter = True
+    #: siblings drawn i.i.d. (SpecInfer): verify_tree's replacement rule
+    replacement = False
 
     def begin(self, batch_rows: int, device: torch.device | str) -> None:
         """A new generate call with ``batch_rows`` rows (per-row state starts afresh)."""
@@ -80,8 +81,6 @@ class Strategy:
 
     def observe(self, draft: Draft, verdict: Verdict) -> None:
         """After verification (policies adapt here)."""
-
-    replacement = False
 
 
 def verify_draft(draft: Draft, logits: torch.Tensor, sampler: Sampler, rows: Sequence[int],
@@ -140,7 +139,6 @@ class AutoRegressive(Strategy):
     """"ar": the target alone, one token per row per round (the baseline)."""
 
     name = "ar"
-    needs_drafter = False
 
     def draft(self, r: Round) -> Draft:
         dev = r.sampler.device
@@ -229,7 +227,6 @@ class Lookup(Strategy):
     """Prompt lookup as the drafter: a copied chain per row for "sd", a trie of continuations for the
     tree methods (verified as deterministic drafts); a row without a match drafts nothing."""
 
-    needs_drafter = False
 
     def __init__(self, lookup: PromptLookup, chain: bool, *, gamma: int = 10, depth: int = 0,
                  branching: tuple[int, ...] | None = None, width: int | None = None) -> None:

@@ -642,6 +642,13 @@ LAW_CASES = {  # id: (method, sampling)
     "sd-g3-block": ({"method": "sd", "gamma": 3, "verify": "block"}, {}),
     "rsd_c-2x2": ({"method": "rsd_c", "branching": (2, 2)}, {}),
     "rsd_s-w3l2": ({"method": "rsd_s", "width": 3, "depth": 2}, {}),
+    "specinfer-2x2": ({"method": "specinfer", "branching": (2, 2)}, {}),
+    # per-row policy state (AdaEDL thresholds kept per row, rows selected as they finish)
+    "sd-g3-adaedl": ({"method": "sd", "gamma": 3, "policy": "adaedl"}, {}),
+    # prompt lookup: rows copy (one-hot drafts) or not, each on its own text
+    "lookup-sd-g3": ({"method": "sd", "gamma": 3, "drafter": "lookup"}, {}),
+    "lookup-rsd_c-2x2": ({"method": "rsd_c", "branching": (2, 2), "drafter": "lookup"}, {}),
+    "sd-g3-copy": ({"method": "sd", "gamma": 3, "lookup": "copy"}, {}),
     # per-row filtering: each row's top-k / top-p cut is its own (a batch-wide cut changes the law)
     "rsd_s-w3l2-T0.8-topk6-topp0.9": (
         {"method": "rsd_s", "width": 3, "depth": 2},
@@ -673,7 +680,11 @@ def law_draws(case_id: str, calls: int, paired: bool = False) -> np.ndarray:
     prompts = [list(LAW_PROMPTS[b % 2]) for b in range(LAW_ROWS)]
     ids, mask = left_pad(prompts, fill=0)
     method, sampling = LAW_CASES[case_id]
-    dec = specdec.SpeculativeDecoder(tm.law_target(), tm.law_drafter(), **method)
+    method = dict(method)
+    drafter = specdec.PromptLookup() if method.pop("drafter", None) == "lookup" else tm.law_drafter()
+    if method.get("lookup") == "copy":
+        method["lookup"] = specdec.PromptLookup()
+    dec = specdec.SpeculativeDecoder(tm.law_target(), drafter, **method)
     out = np.empty((calls, LAW_ROWS, 2), dtype=np.int64)
     for c in range(calls):
         res = dec.generate(
@@ -781,6 +792,10 @@ def sd_decoder(llama_batch):
         ("seed-list-length", "seed"),
         ("budget-list-length", "max_new_tokens"),
         ("budget-list-zero", "max_new_tokens"),
+        ("eos-not-int", "eos_token_id"),
+        ("pad-not-int", "pad_token_id"),
+        ("streamer-not-callable", "streamer"),
+        ("observer-without-on_round", "observer"),
     ],
 )
 def test_bad_batched_inputs_name_the_argument(llama_batch, sd_decoder, what, match):
@@ -798,6 +813,14 @@ def test_bad_batched_inputs_name_the_argument(llama_batch, sd_decoder, what, mat
         kw["max_new_tokens"] = [4, 4, 4, 4, 4]
     elif what == "budget-list-zero":
         kw["max_new_tokens"] = [4, 0, 4, 4]
+    elif what == "eos-not-int":
+        kw["eos_token_id"] = "2"
+    elif what == "pad-not-int":
+        kw["pad_token_id"] = 1.5
+    elif what == "streamer-not-callable":
+        kw["streamer"] = [1]
+    elif what == "observer-without-on_round":
+        kw["observer"] = object()
     with pytest.raises(ValueError, match=match):
         sd_decoder.generate(b.input_ids, **kw)
 
